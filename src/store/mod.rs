@@ -1,0 +1,3 @@
+//! Talking to xenstore.
+
+pub mod wire;
