@@ -1,6 +1,24 @@
 //! xen-block-hotplug: a native replacement for Xen's `block` hotplug script.
+//!
+//! An event flows: `invocation` (how we were called) -> `store` (one
+//! xenstore connection) -> `backend` (the nodes the toolstack wrote) ->
+//! `kind` (phy, file or a block-TYPE helper) -> `sharing`, `lock` and
+//! `loopdev` (the checks and the device) -> `backend` outputs and `outcome`
+//! (hotplug-status). `hotplug` ties one run together.
 
+pub mod backend;
+pub mod cli;
+pub mod devnum;
+pub mod exit_codes;
+pub mod hotplug;
+pub mod invocation;
+pub mod kind;
 pub mod lock;
+pub mod logging;
 pub mod loopdev;
+pub mod mode;
+pub mod outcome;
+pub mod selftest;
+pub mod sharing;
 pub mod sim;
 pub mod store;

@@ -1,0 +1,138 @@
+//! One add or remove, from the backend's nodes to `hotplug-status`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::backend::{self, Inputs, Outputs};
+use crate::exit_codes::ExitCode;
+use crate::invocation::{Action, Invocation};
+use crate::kind::{self, Target};
+use crate::lock::{self, Lock};
+use crate::mode::Mode;
+use crate::outcome::{self, Status};
+use crate::store::Store;
+
+/// What one run is asked to do and how.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub inv: Invocation,
+    /// Read and check everything; write nothing, attach nothing.
+    pub dry_run: bool,
+    pub lock_path: PathBuf,
+    pub lock_timeout: Duration,
+}
+
+impl Job {
+    /// Takes the hotplug lock (none in a dry run).
+    pub fn lock(&self) -> Result<Option<Lock>> {
+        if self.dry_run {
+            return Ok(None);
+        }
+        lock::acquire(&self.lock_path, self.lock_timeout)
+            .map(Some)
+            .with_context(|| {
+                format!(
+                    "waiting for the hotplug lock {} (another hotplug script holds it)",
+                    self.lock_path.display()
+                )
+            })
+    }
+
+    /// Writes the outputs of a successful add (or says what it would write).
+    pub fn commit(&self, store: &Store, out: &Outputs) -> Result<()> {
+        if self.dry_run {
+            for (k, v) in out.pairs() {
+                println!("would write {}={v}", self.inv.node(k));
+            }
+            return Ok(());
+        }
+        out.write(store, &self.inv)
+            .inspect_err(|_| out.unwrite(store, &self.inv))?;
+        log::info!(
+            "connected: physical-device {} ({})",
+            out.physical_device,
+            out.physical_device_path
+        );
+        Ok(())
+    }
+}
+
+fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
+    let inv = &job.inv;
+    if let Some(pd) = &inputs.physical_device {
+        // The stock script's guard: a second add of a connected device is a no-op.
+        log::info!("physical-device is already {pd}: nothing to do");
+        return Ok(());
+    }
+    let ty = inputs.ty.as_deref().unwrap_or("");
+    let params = inputs
+        .params
+        .as_deref()
+        .ok_or_else(|| anyhow!("backend {} has no params node", inv.backend))?;
+    let mode_s = inputs.mode.as_deref();
+    let mode = Mode::parse(mode_s.unwrap_or(""));
+    let target = kind::classify(ty, params, mode, &inv.script_dir)?;
+    if matches!(target, Target::Phy { .. } | Target::File { .. }) && mode_s.is_none() {
+        return Err(anyhow!("backend {} has no mode node", inv.backend));
+    }
+    match target {
+        Target::Empty => {
+            if job.dry_run {
+                println!(
+                    "would write {}=connected (no medium)",
+                    inv.node("hotplug-status")
+                );
+                return Ok(());
+            }
+            backend::write_status(store, inv, Status::Connected)
+        }
+        Target::Helper { ty, script } => kind::helper::run(job, store, &ty, &script),
+        Target::Phy { path, stat } => kind::phy::add(job, store, inputs, &path, &stat, mode),
+        Target::File { path, file, stat } => {
+            kind::file::add(job, store, inputs, &path, &file, &stat, mode)
+        }
+    }
+}
+
+fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
+    let ty = inputs.ty.as_deref().unwrap_or("");
+    if !matches!(ty, "" | "phy" | "file") {
+        let t = kind::classify(ty, "", Mode::ReadOnly, &job.inv.script_dir)?;
+        if let Target::Helper { ty, script } = t {
+            return kind::helper::run(job, store, &ty, &script);
+        }
+    }
+    // Only a file backend has a `node`; phy and empty drives have nothing to undo.
+    kind::file::remove(job, inputs)
+}
+
+/// Runs the job against `store`.
+pub fn run(job: &Job, store: &Store) -> Result<()> {
+    let inputs = backend::read_inputs(store, &job.inv)?;
+    match job.inv.action {
+        Action::Add => add(job, store, &inputs),
+        Action::Remove => remove(job, store, &inputs),
+    }
+}
+
+/// Runs the job and reports its outcome: on failure the sentence goes to
+/// the log and to `hotplug-error`, and `hotplug-status` says `error` or
+/// `busy` (unless a helper script already said what happened).
+pub fn execute(job: &Job, store: &Store) -> ExitCode {
+    let err = match run(job, store) {
+        Ok(()) => return ExitCode::Success,
+        Err(e) => e,
+    };
+    let status = outcome::status_of(&err);
+    let sentence = outcome::sentence(&err);
+    log::error!("{} failed: {sentence}", job.inv.action.as_str());
+    if job.dry_run || outcome::already_reported(&err) {
+        return ExitCode::Failure;
+    }
+    if let Err(e) = backend::write_failure(store, &job.inv, status, &sentence) {
+        log::error!("{}", outcome::sentence(&e));
+    }
+    ExitCode::Failure
+}

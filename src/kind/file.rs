@@ -1,0 +1,272 @@
+//! `file`: an image attached to a loop device at add, detached at remove.
+//!
+//! Every loop device we attach carries a tag in the kernel (lo_crypt_name,
+//! unused without encryption): `xbh:` and the backend it serves. With the
+//! diskseq recorded at add, remove can tell our device from one that was
+//! freed and re-used for another disk since, and `cleanup` can tell ours
+//! from anyone else's.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::stat::FileStat;
+
+use crate::backend::{Inputs, Outputs};
+use crate::devnum::DevNum;
+use crate::hotplug::Job;
+use crate::loopdev::{self, LoopStatus};
+use crate::mode::Mode;
+use crate::outcome::Busy;
+use crate::sharing;
+use crate::store::Store;
+
+/// Prefix of the tag on the loop devices we attach.
+pub const TAG_PREFIX: &str = "xbh:";
+
+/// The tag of the loop device serving backend `key` (at most 63 bytes: the
+/// kernel keeps 64 with the NUL).
+pub fn tag(key: &str) -> String {
+    let mut t = format!("{TAG_PREFIX}{key}");
+    t.truncate(63);
+    t
+}
+
+/// The loop device's own number as a device, from /dev/loopN.
+fn loop_devnum(n: u32) -> Result<DevNum> {
+    let m = std::fs::metadata(format!("/dev/loop{n}"))
+        .with_context(|| format!("examining /dev/loop{n}"))?;
+    Ok(DevNum::from_rdev(m.rdev()))
+}
+
+pub fn add(
+    job: &Job,
+    store: &Store,
+    inputs: &Inputs,
+    path: &Path,
+    file: &File,
+    stat: &FileStat,
+    mode: Mode,
+) -> Result<()> {
+    let inv = &job.inv;
+    let state = inputs.state.as_deref().unwrap_or("unknown");
+    if state != "2" {
+        bail!(
+            "backend {} is not waiting for its device (state {state}, not 2): it was closed or removed during hotplug add",
+            inv.backend
+        );
+    }
+    let frontend = inputs.frontend_domid(inv);
+    let _lock = job.lock()?;
+    // Two adds of one backend may race (udev and a person); the second to
+    // get the lock finds the first's physical-device and stops.
+    if !job.dry_run {
+        if let Some(pd) = store.read(&inv.node("physical-device"))? {
+            log::info!("physical-device {pd} was written meanwhile: nothing to do");
+            return Ok(());
+        }
+    }
+    if mode != Mode::Unchecked {
+        let users = loopdev::users_of(stat.st_dev, stat.st_ino)
+            .with_context(|| format!("finding the loop devices of {}", path.display()))?;
+        // Through a read-only loop device nobody can write: a reader only
+        // has to look at the writable ones.
+        let relevant: Vec<&LoopStatus> = users
+            .iter()
+            .filter(|u| mode.writable() || !u.read_only)
+            .collect();
+        let mut devices = Vec::with_capacity(relevant.len());
+        for u in &relevant {
+            devices.push(loop_devnum(u.number)?);
+        }
+        if let Some(u) = sharing::conflict(store, inv, frontend, mode, &devices)? {
+            let through = relevant
+                .iter()
+                .zip(&devices)
+                .find(|(_, d)| **d == u.device())
+                .map(|(l, _)| format!("/dev/loop{}", l.number))
+                .unwrap_or_else(|| u.device().to_node());
+            return Err(Busy(format!(
+                "File {} is attached through {through}, which is {}, and so it cannot be attached {} to domain {frontend}",
+                path.display(),
+                u.describe(),
+                mode.describe()
+            ))
+            .into());
+        }
+    }
+    if job.dry_run {
+        println!(
+            "would attach {} {} to a free loop device",
+            path.display(),
+            mode.describe()
+        );
+        return Ok(());
+    }
+    let attached = loopdev::attach(file, path, !mode.writable(), &tag(&inv.key))
+        .with_context(|| format!("attaching {} to a loop device", path.display()))?;
+    let (major, minor) = attached.major_minor();
+    let dev_path = attached.path().to_string_lossy().into_owned();
+    let out = Outputs {
+        node: Some(dev_path.clone()),
+        physical_device: DevNum {
+            major: major.into(),
+            minor: minor.into(),
+        },
+        physical_device_path: dev_path,
+        diskseq: attached.diskseq(),
+    };
+    // On error `attached` is dropped here, which detaches it.
+    job.commit(store, &out)?;
+    attached.keep();
+    Ok(())
+}
+
+/// Whether remove may detach a loop device, and why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Detach,
+    Leave(String),
+}
+
+/// Decides on the loop device `st` named by the backend's `node`. `tag` is
+/// this backend's tag, `recorded` the diskseq written at add, `current` the
+/// device's diskseq now, `image` the (dev, inode) of `params` now, if it
+/// still exists.
+pub fn decide(
+    st: &LoopStatus,
+    tag: &str,
+    recorded: Option<u64>,
+    current: Option<u64>,
+    image: Option<(u64, u64)>,
+) -> Decision {
+    if let (Some(r), Some(c)) = (recorded, current) {
+        if r != c {
+            return Decision::Leave(format!(
+                "it was re-attached since this disk was added (diskseq {c:x}, recorded {r:x})"
+            ));
+        }
+    }
+    if st.tag.starts_with(TAG_PREFIX) {
+        if st.tag != tag {
+            return Decision::Leave(format!("it now serves {}", &st.tag[TAG_PREFIX.len()..]));
+        }
+        return Decision::Detach;
+    }
+    // Untagged: attached by the stock script before the switch (or by
+    // someone else). Only the image's identity can tell.
+    match image {
+        Some(id) if id == (st.backing_dev, st.backing_inode) => Decision::Detach,
+        Some(_) => Decision::Leave(format!(
+            "it is backed by {}, not by this disk's image",
+            st.backing_file
+        )),
+        None => Decision::Leave("the image is gone and the device carries no tag of ours".into()),
+    }
+}
+
+pub fn remove(job: &Job, inputs: &Inputs) -> Result<()> {
+    let inv = &job.inv;
+    let Some(node) = inputs.node.as_deref() else {
+        return Ok(());
+    };
+    let n = loopdev::parse_number(node).ok_or_else(|| {
+        anyhow!(
+            "node {node:?} of {} is not a loop device, so nothing was detached",
+            inv.backend
+        )
+    })?;
+    let image = inputs
+        .params
+        .as_deref()
+        .filter(|p| p.starts_with('/'))
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()));
+    let _lock = job.lock()?;
+    let Some(st) = loopdev::status(n).with_context(|| format!("examining {node}"))? else {
+        log::info!("{node} is already free");
+        return Ok(());
+    };
+    let current = loopdev::diskseq(n).with_context(|| format!("examining {node}"))?;
+    match decide(
+        &st,
+        &tag(&inv.key),
+        inputs.recorded_diskseq(),
+        current,
+        image,
+    ) {
+        Decision::Leave(why) => {
+            log::warn!("not detaching {node}: {why}");
+            Ok(())
+        }
+        Decision::Detach if job.dry_run => {
+            println!("would detach {node} ({})", st.backing_file);
+            Ok(())
+        }
+        Decision::Detach => {
+            loopdev::detach(n).with_context(|| format!("detaching {node}"))?;
+            log::info!("detached {node} ({})", st.backing_file);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(tag: &str, dev: u64, ino: u64) -> LoopStatus {
+        LoopStatus {
+            number: 3,
+            backing_dev: dev,
+            backing_inode: ino,
+            read_only: false,
+            tag: tag.into(),
+            backing_file: "/disk/a.img".into(),
+        }
+    }
+
+    #[test]
+    fn tag_is_bounded() {
+        assert_eq!(tag("backend/vbd/5/51728"), "xbh:backend/vbd/5/51728");
+        assert_eq!(tag(&"x".repeat(100)).len(), 63);
+    }
+
+    #[test]
+    fn detaches_only_its_own_device() {
+        let me = tag("backend/vbd/5/51728");
+        assert_eq!(
+            decide(&st(&me, 1, 2), &me, Some(9), Some(9), None),
+            Decision::Detach
+        );
+        assert_eq!(
+            decide(&st(&me, 1, 2), &me, None, Some(9), Some((1, 2))),
+            Decision::Detach
+        );
+        // Re-attached since: diskseq moved on.
+        assert!(matches!(
+            decide(&st(&me, 1, 2), &me, Some(9), Some(10), Some((1, 2))),
+            Decision::Leave(_)
+        ));
+        // Re-used by another backend of ours.
+        let other = tag("backend/vbd/6/51728");
+        assert!(matches!(
+            decide(&st(&other, 1, 2), &me, None, None, Some((1, 2))),
+            Decision::Leave(_)
+        ));
+        // Stock-attached (untagged): by the image's identity only.
+        assert_eq!(
+            decide(&st("", 1, 2), &me, None, None, Some((1, 2))),
+            Decision::Detach
+        );
+        assert!(matches!(
+            decide(&st("", 1, 3), &me, None, None, Some((1, 2))),
+            Decision::Leave(_)
+        ));
+        assert!(matches!(
+            decide(&st("", 1, 2), &me, None, None, None),
+            Decision::Leave(_)
+        ));
+    }
+}

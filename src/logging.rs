@@ -1,0 +1,127 @@
+//! Where log lines go: syslog (facility daemon, as the stock scripts'
+//! `logger -p daemon.LEVEL`), /var/log/xen/xen-hotplug.log when /var/log/xen
+//! exists (the stock scripts append their stderr there), and stderr when it
+//! is a terminal or `-v` was given.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+pub const LOG_DIR: &str = "/var/log/xen";
+pub const LOG_FILE: &str = "/var/log/xen/xen-hotplug.log";
+const IDENT: &str = "xen-block-hotplug";
+
+type Syslog = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+
+struct Sinks {
+    level: LevelFilter,
+    stderr: bool,
+    syslog: Option<Mutex<Syslog>>,
+    file: Option<Mutex<File>>,
+    /// Prefix naming the backend being handled, so that one grep finds a
+    /// device's history in the log.
+    subject: OnceLock<String>,
+}
+
+static LOGGER: OnceLock<Sinks> = OnceLock::new();
+
+/// Sets up logging once per process. `verbose` enables debug detail
+/// everywhere and progress on stderr even when it is not a terminal;
+/// `quiet_sinks` keeps syslog and the log file out (selftest, tests of the
+/// library).
+pub fn init(verbose: bool, system_sinks: bool) {
+    let sinks = Sinks {
+        level: if verbose {
+            LevelFilter::Debug
+        } else {
+            LevelFilter::Info
+        },
+        stderr: verbose || std::io::stderr().is_terminal(),
+        syslog: if system_sinks {
+            syslog::unix(syslog::Formatter3164 {
+                facility: syslog::Facility::LOG_DAEMON,
+                hostname: None,
+                process: IDENT.into(),
+                pid: std::process::id(),
+            })
+            .ok()
+            .map(Mutex::new)
+        } else {
+            None
+        },
+        file: if system_sinks && Path::new(LOG_DIR).is_dir() {
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(LOG_FILE)
+                .ok()
+                .map(Mutex::new)
+        } else {
+            None
+        },
+        subject: OnceLock::new(),
+    };
+    let level = sinks.level;
+    if LOGGER.set(sinks).is_ok() {
+        if let Some(l) = LOGGER.get() {
+            if log::set_logger(l).is_ok() {
+                log::set_max_level(level);
+            }
+        }
+    }
+}
+
+/// Names the backend this run handles; later lines carry it.
+pub fn set_subject(s: &str) {
+    if let Some(l) = LOGGER.get() {
+        let _ = l.subject.set(s.to_string());
+    }
+}
+
+impl Log for Sinks {
+    fn enabled(&self, m: &Metadata<'_>) -> bool {
+        m.level() <= self.level
+    }
+
+    fn log(&self, r: &Record<'_>) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let msg = match self.subject.get() {
+            Some(s) => format!("{s}: {}", r.args()),
+            None => r.args().to_string(),
+        };
+        if self.stderr {
+            let tag = match r.level() {
+                Level::Error => "error: ",
+                Level::Warn => "warning: ",
+                Level::Debug | Level::Trace => "debug: ",
+                Level::Info => "",
+            };
+            let _ = writeln!(std::io::stderr(), "{IDENT}: {tag}{msg}");
+        }
+        if let Some(s) = &self.syslog {
+            let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = match r.level() {
+                Level::Error => s.err(&msg),
+                Level::Warn => s.warning(&msg),
+                Level::Info => s.info(&msg),
+                Level::Debug | Level::Trace => s.debug(&msg),
+            };
+        }
+        if let Some(f) = &self.file {
+            let line = format!(
+                "{IDENT}[{}]: {}: {msg}\n",
+                std::process::id(),
+                r.level().as_str().to_lowercase()
+            );
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {}
+}

@@ -1,0 +1,108 @@
+//! How an add or remove ends, as the toolstack sees it: `hotplug-status`
+//! (`connected`, `error` or `busy`) and the `hotplug-error` sentence.
+
+use std::fmt;
+
+/// The value of `hotplug-status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Connected,
+    Error,
+    Busy,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Connected => "connected",
+            Status::Error => "error",
+            Status::Busy => "busy",
+        }
+    }
+}
+
+/// A refusal by a sharing rule or a read-only image: reported as `busy`
+/// (xend then shows the sentence) rather than `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy(pub String);
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
+/// Marks a failure whose `hotplug-status` was already written by someone
+/// else (a block-TYPE helper): it is logged, not written over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reported;
+
+impl fmt::Display for Reported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the helper reported it")
+    }
+}
+
+pub fn already_reported(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<Reported>().is_some()
+}
+
+/// `busy` when the failure is a refusal anywhere in its chain, else `error`.
+pub fn status_of(err: &anyhow::Error) -> Status {
+    if err.chain().any(|e| e.downcast_ref::<Busy>().is_some()) {
+        Status::Busy
+    } else {
+        Status::Error
+    }
+}
+
+/// The one-line sentence for `hotplug-error`: the context chain joined with
+/// ": ", control characters replaced, bounded well below xenstore's 4096.
+pub fn sentence(err: &anyhow::Error) -> String {
+    let mut s: String = format!("{err:#}")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.len() > 1024 {
+        let mut cut = 1024;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::{anyhow, Context};
+
+    #[test]
+    fn busy_anywhere_in_chain() {
+        let e: anyhow::Error = Err::<(), _>(Busy("in use".into()))
+            .context("checking sharing")
+            .unwrap_err();
+        assert_eq!(status_of(&e), Status::Busy);
+        assert_eq!(status_of(&anyhow!("no such file")), Status::Error);
+    }
+
+    #[test]
+    fn sentence_is_one_line_and_bounded() {
+        let e = anyhow!("line one\nline two").context("adding /disk/a.img");
+        assert_eq!(sentence(&e), "adding /disk/a.img: line one line two");
+        let long = anyhow!("{}", "é".repeat(3000));
+        let s = sentence(&long);
+        assert!(s.len() <= 1030 && s.ends_with("..."));
+    }
+
+    #[test]
+    fn status_strings() {
+        assert_eq!(Status::Connected.as_str(), "connected");
+        assert_eq!(Status::Error.as_str(), "error");
+        assert_eq!(Status::Busy.as_str(), "busy");
+    }
+}
