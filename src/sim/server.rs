@@ -63,6 +63,12 @@ fn serve(shared: &Shared, stream: UnixStream) {
         return;
     };
     lock(&shared.conns).insert(id, handle);
+    // `stop` may have shut the registered connections down just before
+    // this one was registered; it must not outlive the simulator.
+    if shared.stop.load(Ordering::SeqCst) {
+        lock(&shared.conns).remove(&id);
+        return;
+    }
     let writer: Writer = Arc::new(Mutex::new(writer));
     let mut reader = BufReader::new(stream);
     // EOF, a read error or a malformed message (oversized payload) all end
