@@ -1,46 +1,169 @@
-//! STUB: the in-memory xenstored simulator (to be written).
+//! An in-memory xenstored speaking the wire protocol on a unix socket, for
+//! tests and benchmarks: the real clients (libxenstore via XENSTORED_PATH,
+//! our own store client) talk to it as to dom0's xenstored.
 
+mod error;
+mod path;
+mod server;
+mod state;
+mod tree;
+
+use std::collections::HashMap;
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub use error::Errno;
+pub use path::HOME;
+
+use crate::store::wire::Op;
+use server::{lock, Shared};
+use tree::Mutation;
 
 /// An in-memory xenstored serving the wire protocol on a unix socket.
 /// Dropping it stops the server and removes the socket.
 pub struct Simulator {
     socket: PathBuf,
+    /// The private directory `start_temp` made, removed on drop.
+    temp_dir: Option<PathBuf>,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
 }
 
 impl Simulator {
     /// Serves on `socket` (created; an existing stale socket file is replaced).
     pub fn start(socket: &Path) -> io::Result<Simulator> {
-        let _ = socket;
-        unimplemented!()
+        match std::fs::symlink_metadata(socket) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(socket)?,
+            Ok(_) => {
+                let msg = format!("{} exists and is not a socket", socket.display());
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, msg));
+            }
+            Err(_) => {}
+        }
+        let listener = UnixListener::bind(socket)?;
+        let shared = Arc::new(Shared::default());
+        let acceptor = server::spawn_acceptor(listener, shared.clone());
+        Ok(Simulator {
+            socket: socket.to_owned(),
+            temp_dir: None,
+            shared,
+            acceptor: Some(acceptor),
+        })
     }
+
     /// Serves on a socket in a fresh private directory under the temp dir.
     pub fn start_temp() -> io::Result<Simulator> {
-        unimplemented!()
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("xbh-sim-{}-{n}-{nanos}", std::process::id()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        match Simulator::start(&dir.join("socket")) {
+            Ok(mut sim) => {
+                sim.temp_dir = Some(dir);
+                Ok(sim)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
     }
+
     pub fn socket_path(&self) -> &Path {
         &self.socket
     }
+
+    fn mutate(&self, m: &Mutation) -> Result<(), Errno> {
+        let deliveries = lock(&self.shared.state).apply_live(m)?;
+        server::deliver(deliveries);
+        Ok(())
+    }
+
+    fn resolve(path: &str) -> Result<String, Errno> {
+        path::resolve(path.as_bytes()).map(|n| n.abs)
+    }
+
+    /// Writes a value (any bytes), creating missing parents and firing
+    /// watches; EINVAL for a name xenstored would refuse.
+    pub fn try_write(&self, path: &str, value: &[u8]) -> Result<(), Errno> {
+        let path = Simulator::resolve(path)?;
+        self.mutate(&Mutation::Write {
+            path,
+            value: value.to_vec(),
+        })
+    }
+
     /// In-process access, no socket. Paths absolute or relative to /local/domain/0.
+    /// Panics on an invalid path: that is a bug in the calling test.
     pub fn write(&self, path: &str, value: &str) {
-        let _ = (path, value);
-        unimplemented!()
+        if let Err(e) = self.try_write(path, value.as_bytes()) {
+            panic!("Simulator::write({path:?}): {e}");
+        }
     }
+
     pub fn read(&self, path: &str) -> Option<String> {
-        let _ = path;
-        unimplemented!()
+        let path = Simulator::resolve(path).ok()?;
+        let state = lock(&self.shared.state);
+        let value = state.tree.read(&path).ok()?;
+        Some(String::from_utf8_lossy(value).into_owned())
     }
+
+    pub fn exists(&self, path: &str) -> bool {
+        Simulator::resolve(path).is_ok_and(|p| lock(&self.shared.state).tree.exists(&p))
+    }
+
     pub fn directory(&self, path: &str) -> Option<Vec<String>> {
-        let _ = path;
-        unimplemented!()
+        let path = Simulator::resolve(path).ok()?;
+        let state = lock(&self.shared.state);
+        let children = state.tree.children(&path).ok()?;
+        Some(children.into_iter().map(str::to_owned).collect())
     }
+
+    /// Removes a subtree, firing watches; a missing node is not an error.
     pub fn rm(&self, path: &str) {
-        let _ = path;
-        unimplemented!()
+        if let Ok(path) = Simulator::resolve(path) {
+            let _ = self.mutate(&Mutation::Rm(path));
+        }
     }
+
     /// Requests answered so far over all connections.
     pub fn request_count(&self) -> u64 {
-        unimplemented!()
+        lock(&self.shared.state).total
+    }
+
+    /// Requests answered so far, by message type (unknown types are only
+    /// in `request_count`).
+    pub fn op_counts(&self) -> HashMap<Op, u64> {
+        lock(&self.shared.state).counts.clone()
+    }
+
+    /// Transactions started and not yet ended, over all connections.
+    pub fn open_transactions(&self) -> usize {
+        lock(&self.shared.state).open_transactions()
+    }
+
+    /// Watches registered, over all connections.
+    pub fn watch_count(&self) -> usize {
+        lock(&self.shared.state).watch_count()
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        if let Some(acceptor) = self.acceptor.take() {
+            server::stop(&self.shared, &self.socket, acceptor);
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        if let Some(dir) = &self.temp_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
