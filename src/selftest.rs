@@ -1,5 +1,361 @@
-//! STUB: selftest (to be written).
+//! `selftest`: the whole add -> connected -> remove cycle on this host's
+//! kernel, against a private in-process xenstore (the simulator) and a
+//! private lock, so that neither the host's store nor its guests are
+//! touched. What an admin runs on a dom0 before switching.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+
 use crate::exit_codes::ExitCode;
-pub fn run(_verbose: bool) -> ExitCode {
-    ExitCode::Failure
+use crate::hotplug::{self, Job};
+use crate::invocation::{Action, Invocation, Vars};
+use crate::loopdev;
+use crate::sim::Simulator;
+use crate::store::Store;
+
+/// Domain ids far above what a host runs, so that no tag or log line of
+/// the selftest can be taken for a real guest's.
+const FIRST_DOMID: u32 = 32700;
+/// Tag of the loop device that stands in for a host disk.
+const PHY_TAG: &str = "xen-block-hotplug-selftest";
+
+fn file_tag(backend: &str) -> String {
+    crate::kind::file::tag(backend)
+}
+
+struct Bed {
+    dir: PathBuf,
+    sim: Simulator,
+    store: Store,
+    lock: PathBuf,
+    verbose: bool,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Loop devices a case attached, with the tag they carry; at the end,
+/// whatever happened, each one still carrying its tag is detached (a number
+/// alone could by then name another process's device).
+#[derive(Default)]
+struct Leftovers(Vec<(u32, String)>);
+
+impl Leftovers {
+    fn ours(&self) -> Vec<u32> {
+        self.0
+            .iter()
+            .filter(|(n, tag)| matches!(loopdev::status(*n), Ok(Some(st)) if &st.tag == tag))
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for n in self.ours() {
+            let _ = loopdev::detach(n);
+        }
+    }
+}
+
+impl Bed {
+    fn new(verbose: bool) -> Result<Bed> {
+        let dir =
+            std::env::temp_dir().join(format!("xen-block-hotplug-selftest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let sim = Simulator::start(&dir.join("xenstored.sock"))
+            .context("starting the private xenstore")?;
+        let store = Store::open_socket(sim.socket_path())?;
+        Ok(Bed {
+            lock: dir.join("block.lock"),
+            dir,
+            sim,
+            store,
+            verbose,
+        })
+    }
+
+    fn image(&self, name: &str) -> Result<PathBuf> {
+        let p = self.dir.join(name);
+        let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+        f.set_len(4 << 20)?;
+        Ok(p)
+    }
+
+    /// Writes a backend as a toolstack does, with blkback's state 2.
+    fn backend(&self, domid: u32, ty: &str, params: &str, mode: &str) -> String {
+        let b = format!("backend/vbd/{domid}/51712");
+        let abs = format!("/local/domain/0/{b}");
+        for (k, v) in [
+            ("frontend-id", domid.to_string()),
+            (
+                "frontend",
+                format!("/local/domain/{domid}/device/vbd/51712"),
+            ),
+            ("type", ty.to_string()),
+            ("params", params.to_string()),
+            ("mode", mode.to_string()),
+            ("online", "1".to_string()),
+            ("state", "2".to_string()),
+        ] {
+            self.sim.write(&format!("{abs}/{k}"), &v);
+        }
+        self.sim.write(
+            &format!("/local/domain/{domid}/vm"),
+            &format!("/vm/selftest-{domid}"),
+        );
+        b
+    }
+
+    fn run(&self, action: Action, backend: &str) -> Result<ExitCode> {
+        let mut vars = Vars::default();
+        vars.set("XENBUS_PATH", backend);
+        let inv = Invocation::new(action, &vars).map_err(|e| anyhow!(e.0))?;
+        let job = Job {
+            inv,
+            dry_run: false,
+            lock_path: self.lock.clone(),
+            lock_timeout: Duration::from_secs(10),
+        };
+        Ok(hotplug::execute(&job, &self.store))
+    }
+
+    fn node(&self, backend: &str, k: &str) -> Option<String> {
+        self.sim.read(&format!("/local/domain/0/{backend}/{k}"))
+    }
+
+    /// Prints the nodes as the toolstack reads them.
+    fn show(&self, backend: &str) {
+        println!("  {backend}:");
+        for k in [
+            "hotplug-status",
+            "hotplug-error",
+            "physical-device",
+            "physical-device-path",
+            "node",
+            "diskseq",
+        ] {
+            if let Some(v) = self.node(backend, k) {
+                println!("    {k} = {v}");
+            }
+        }
+    }
+}
+
+fn connected(bed: &Bed, b: &str) -> Result<()> {
+    let s = bed.node(b, "hotplug-status");
+    ensure!(
+        s.as_deref() == Some("connected"),
+        "hotplug-status is {s:?}, hotplug-error {:?}",
+        bed.node(b, "hotplug-error")
+    );
+    Ok(())
+}
+
+fn file_case(bed: &Bed, domid: u32, mode: &str, left: &mut Leftovers) -> Result<()> {
+    let img = bed.image(&format!("disk-{mode}.img"))?;
+    let b = bed.backend(domid, "file", &img.to_string_lossy(), mode);
+    ensure!(
+        bed.run(Action::Add, &b)?.is_success(),
+        "add failed: {:?}",
+        bed.node(b.as_str(), "hotplug-error")
+    );
+    bed.show(&b);
+    connected(bed, &b)?;
+    let node = bed
+        .node(&b, "node")
+        .ok_or_else(|| anyhow!("no node written"))?;
+    let n =
+        loopdev::parse_number(&node).ok_or_else(|| anyhow!("node {node} is not a loop device"))?;
+    left.0.push((n, file_tag(&b)));
+    let st = loopdev::status(n)?.ok_or_else(|| anyhow!("{node} is not attached"))?;
+    let meta = std::fs::metadata(&img)?;
+    use std::os::unix::fs::MetadataExt;
+    ensure!(
+        (st.backing_dev, st.backing_inode) == (meta.dev(), meta.ino()),
+        "{node} is not backed by {}",
+        img.display()
+    );
+    ensure!(
+        st.read_only == (mode == "r"),
+        "{node} read-only flag is {}",
+        st.read_only
+    );
+    ensure!(bed.run(Action::Remove, &b)?.is_success(), "remove failed");
+    ensure!(
+        loopdev::status(n)?.is_none(),
+        "{node} is still attached after remove"
+    );
+    Ok(())
+}
+
+fn phy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
+    // A loop device of our own stands in for a disk of the host.
+    let img = bed.image("phy.img")?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)?;
+    let dev = loopdev::attach(&f, &img, false, PHY_TAG).context("attaching a test block device")?;
+    let n = dev.keep();
+    left.0.push((n, PHY_TAG.to_string()));
+    let path = format!("/dev/loop{n}");
+    let b = bed.backend(domid, "phy", &path, "w");
+    ensure!(
+        bed.run(Action::Add, &b)?.is_success(),
+        "add failed: {:?}",
+        bed.node(b.as_str(), "hotplug-error")
+    );
+    bed.show(&b);
+    connected(bed, &b)?;
+    let want = crate::devnum::DevNum::from_rdev(std::os::unix::fs::MetadataExt::rdev(
+        &std::fs::metadata(&path)?,
+    ));
+    ensure!(
+        bed.node(&b, "physical-device") == Some(want.to_node()),
+        "physical-device is not {want}"
+    );
+    ensure!(bed.run(Action::Remove, &b)?.is_success(), "remove failed");
+    ensure!(
+        loopdev::status(n)?.is_some(),
+        "remove of a phy disk detached {path}"
+    );
+    Ok(())
+}
+
+fn refused_case(bed: &Bed, domid: u32) -> Result<()> {
+    let missing = bed.dir.join("missing.img");
+    let b = bed.backend(domid, "file", &missing.to_string_lossy(), "w");
+    let code = bed.run(Action::Add, &b)?;
+    bed.show(&b);
+    ensure!(!code.is_success(), "add of a missing image succeeded");
+    ensure!(
+        bed.node(&b, "hotplug-status").as_deref() == Some("error"),
+        "hotplug-status is not error"
+    );
+    let e = bed.node(&b, "hotplug-error").unwrap_or_default();
+    ensure!(
+        e.contains(&*missing.to_string_lossy()),
+        "hotplug-error {e:?} does not name the image"
+    );
+    ensure!(
+        bed.node(&b, "physical-device").is_none(),
+        "physical-device written for a missing image"
+    );
+    Ok(())
+}
+
+fn busy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
+    let img = bed.image("shared.img")?;
+    let p = img.to_string_lossy();
+    let a = bed.backend(domid, "file", &p, "w");
+    let b = bed.backend(domid + 1, "file", &p, "w");
+    ensure!(bed.run(Action::Add, &a)?.is_success(), "first add failed");
+    if let Some(n) = bed
+        .node(&a, "node")
+        .as_deref()
+        .and_then(loopdev::parse_number)
+    {
+        left.0.push((n, file_tag(&a)));
+    }
+    let code = bed.run(Action::Add, &b)?;
+    bed.show(&b);
+    ensure!(
+        !code.is_success(),
+        "a second read-write user of one image was let in"
+    );
+    ensure!(
+        bed.node(&b, "hotplug-status").as_deref() == Some("busy"),
+        "hotplug-status is not busy"
+    );
+    ensure!(bed.run(Action::Remove, &a)?.is_success(), "remove failed");
+    Ok(())
+}
+
+fn preflight() -> Result<()> {
+    if !nix::unistd::Uid::effective().is_root() {
+        bail!("selftest needs root (it attaches loop devices)");
+    }
+    if !Path::new("/dev/loop-control").exists() {
+        bail!("/dev/loop-control is missing: load the loop module (modprobe loop)");
+    }
+    Ok(())
+}
+
+pub fn run(verbose: bool) -> ExitCode {
+    if let Err(e) = preflight() {
+        eprintln!("selftest: {e:#}");
+        return ExitCode::Failure;
+    }
+    let bed = match Bed::new(verbose) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("selftest: {e:#}");
+            return ExitCode::Failure;
+        }
+    };
+    let mut left = Leftovers::default();
+    type Case<'a> = (
+        &'a str,
+        Box<dyn Fn(&Bed, &mut Leftovers) -> Result<()> + 'a>,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "file image, read-write",
+            Box::new(|b, l| file_case(b, FIRST_DOMID, "w", l)),
+        ),
+        (
+            "file image, read-only",
+            Box::new(|b, l| file_case(b, FIRST_DOMID + 1, "r", l)),
+        ),
+        (
+            "phy block device",
+            Box::new(|b, l| phy_case(b, FIRST_DOMID + 2, l)),
+        ),
+        (
+            "missing image refused",
+            Box::new(|b, _| refused_case(b, FIRST_DOMID + 3)),
+        ),
+        (
+            "second writer of one image refused",
+            Box::new(|b, l| busy_case(b, FIRST_DOMID + 4, l)),
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in &cases {
+        println!("{name}");
+        match case(&bed, &mut left) {
+            Ok(()) => {
+                passed += 1;
+                println!("  ok");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("  FAILED: {e:#}");
+            }
+        }
+    }
+    // The phy stand-in is ours to detach; anything else still attached leaked.
+    left.0
+        .retain(|(n, tag)| tag != PHY_TAG || loopdev::detach(*n).is_err());
+    let leaked = left.ours();
+    if !leaked.is_empty() {
+        failed += 1;
+        println!("loop devices left behind: {leaked:?}");
+    }
+    if bed.verbose {
+        println!("xenstore requests: {}", bed.sim.request_count());
+    }
+    println!("selftest: {passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    }
 }
