@@ -1,8 +1,87 @@
-//! STUB: loop device ioctls over nix (to be written).
+//! Loop devices: attach an image, read a device's status, detach.
+//!
+//! Written over nix's ioctl macros rather than the `loopdev` crates: those run
+//! bindgen (so need libclang) at build time, and have neither LOOP_CONFIGURE
+//! nor BLKGETDISKSEQ.
+//!
+//! Our ownership tag is given as lo_crypt_name, but recent kernels (checked on
+//! 6.18) no longer keep it: LOOP_GET_STATUS64 returns it empty. So the tag is
+//! also kept in a record file, RECORD_DIR/loopN, which holds the
+//! backing file's dev and inode and the device's diskseq at attach: a record
+//! left by a device detached behind our back does not match its next binding.
 
-use std::fs::File;
+use nix::errno::Errno;
+use nix::libc;
+use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+const LO_NAME_SIZE: usize = 64;
+const LO_KEY_SIZE: usize = 32;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+/// Where the ownership tags of attached devices are recorded.
+pub const RECORD_DIR: &str = "/run/xen-block-hotplug";
+/// Bound on GET_FREE + CONFIGURE rounds lost to other processes.
+const ATTACH_ATTEMPTS: usize = 64;
+
+/// `struct loop_info64` of <linux/loop.h>.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct loop_info64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; LO_NAME_SIZE],
+    lo_crypt_name: [u8; LO_NAME_SIZE],
+    lo_encrypt_key: [u8; LO_KEY_SIZE],
+    lo_init: [u64; 2],
+}
+
+/// `struct loop_config` of <linux/loop.h>.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+struct loop_config {
+    fd: u32,
+    block_size: u32,
+    info: loop_info64,
+    __reserved: [u64; 8],
+}
+
+impl loop_info64 {
+    const ZERO: Self = Self {
+        lo_device: 0,
+        lo_inode: 0,
+        lo_rdevice: 0,
+        lo_offset: 0,
+        lo_sizelimit: 0,
+        lo_number: 0,
+        lo_encrypt_type: 0,
+        lo_encrypt_key_size: 0,
+        lo_flags: 0,
+        lo_file_name: [0; LO_NAME_SIZE],
+        lo_crypt_name: [0; LO_NAME_SIZE],
+        lo_encrypt_key: [0; LO_KEY_SIZE],
+        lo_init: [0; 2],
+    };
+}
+
+nix::ioctl_none_bad!(loop_ctl_get_free, 0x4C82);
+nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, loop_config);
+nix::ioctl_write_int_bad!(loop_set_fd, 0x4C00);
+nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, loop_info64);
+nix::ioctl_read_bad!(loop_get_status64, 0x4C05, loop_info64);
+nix::ioctl_none_bad!(loop_clr_fd, 0x4C01);
+nix::ioctl_read!(blkgetdiskseq, 0x12, 128, u64);
 
 /// What the kernel says of a bound loop device (LOOP_GET_STATUS64).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +101,9 @@ pub struct LoopStatus {
 /// A loop device this process attached; detached on drop unless kept.
 pub struct Attached {
     number: u32,
+    device: File,
+    rdev: u64,
+    kept: bool,
 }
 
 impl Attached {
@@ -29,60 +111,532 @@ impl Attached {
         self.number
     }
     pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/dev/loop{}", self.number))
+        dev_path(self.number)
     }
     /// (major, minor) of the loop block device.
     pub fn major_minor(&self) -> (u32, u32) {
-        unimplemented!()
+        (libc::major(self.rdev), libc::minor(self.rdev))
     }
     /// BLKGETDISKSEQ, None on kernels before 5.15.
     pub fn diskseq(&self) -> Option<u64> {
-        unimplemented!()
+        get_diskseq(&self.device).ok().flatten()
     }
     /// Commit: the device stays attached after this value is gone.
-    pub fn keep(self) -> u32 {
-        unimplemented!()
+    pub fn keep(mut self) -> u32 {
+        self.kept = true;
+        self.number
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = remove_record(self.number);
+            // SAFETY: plain ioctl on a descriptor we own.
+            let _ = unsafe { loop_clr_fd(self.device.as_raw_fd()) };
+        }
+    }
+}
+
+fn dev_path(number: u32) -> PathBuf {
+    PathBuf::from(format!("/dev/loop{number}"))
+}
+
+fn record_path(number: u32) -> PathBuf {
+    Path::new(RECORD_DIR).join(format!("loop{number}"))
+}
+
+/// "dev ino diskseq tag" of the binding `info` describes (diskseq 0 when unknown).
+fn record_line(info: &loop_info64, diskseq: Option<u64>, tag: &str) -> String {
+    format!(
+        "{} {} {} {tag}\n",
+        info.lo_device,
+        info.lo_inode,
+        diskseq.unwrap_or(0)
+    )
+}
+
+/// Records `tag` for /dev/loopN, replacing the file atomically.
+fn write_record(number: u32, line: &str) -> io::Result<()> {
+    fs::create_dir_all(RECORD_DIR)?;
+    let tmp = Path::new(RECORD_DIR).join(format!(".loop{number}.{}", std::process::id()));
+    fs::write(&tmp, line)?;
+    fs::rename(&tmp, record_path(number))
+}
+
+/// The recorded tag of /dev/loopN if the record describes its current binding.
+fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<String> {
+    let text = fs::read_to_string(record_path(number)).ok()?;
+    let binding = record_line(info, diskseq, "");
+    let tag = text.strip_prefix(binding.trim_end_matches('\n'))?;
+    Some(tag.trim_end_matches('\n').to_owned())
+}
+
+/// NUL-padded copy of `s`, cut to 63 bytes so the last byte stays NUL.
+fn name_field(s: &[u8]) -> [u8; LO_NAME_SIZE] {
+    let mut field = [0; LO_NAME_SIZE];
+    let n = s.len().min(LO_NAME_SIZE - 1);
+    field[..n].copy_from_slice(&s[..n]);
+    field
+}
+
+fn field_str(field: &[u8]) -> String {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+fn get_diskseq(device: &File) -> io::Result<Option<u64>> {
+    let mut seq = 0u64;
+    // SAFETY: the kernel writes one u64 into `seq`.
+    match unsafe { blkgetdiskseq(device.as_raw_fd(), &mut seq) } {
+        Ok(_) => Ok(Some(seq)),
+        // Kernels before 5.15 have no diskseq.
+        Err(Errno::ENOTTY | Errno::EINVAL) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Attaches `image` (an open file) to a free loop device, read-only if asked,
 /// with `name` as its lo_file_name and `tag` (at most 63 bytes) as lo_crypt_name.
 pub fn attach(image: &File, name: &Path, read_only: bool, tag: &str) -> io::Result<Attached> {
-    let _ = (image, name, read_only, tag);
-    unimplemented!()
+    match attach_with(image, name, read_only, tag, true) {
+        // Kernels before 5.8 have no LOOP_CONFIGURE.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTTY)) => {
+            attach_with(image, name, read_only, tag, false)
+        }
+        r => r,
+    }
+}
+
+fn attach_with(
+    image: &File,
+    name: &Path,
+    read_only: bool,
+    tag: &str,
+    use_configure: bool,
+) -> io::Result<Attached> {
+    let control = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
+    let mut info = loop_info64::ZERO;
+    info.lo_file_name = name_field(name.as_os_str().as_bytes());
+    info.lo_crypt_name = name_field(tag.as_bytes());
+    // Never LO_FLAGS_AUTOCLEAR: blkback opens the device after we close ours.
+    info.lo_flags = if read_only { LO_FLAGS_READ_ONLY } else { 0 };
+    for _ in 0..ATTACH_ATTEMPTS {
+        // SAFETY: argument-less ioctl; returns the free device's number.
+        let number = unsafe { loop_ctl_get_free(control.as_raw_fd()) }? as u32;
+        // LOOP_SET_FD takes read-only-ness from the loop device's open mode.
+        let writable = use_configure || !read_only;
+        let device = match OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(dev_path(number))
+        {
+            Ok(d) => d,
+            // Another process bound it and is detaching it: open gives ENXIO during teardown.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => continue,
+            Err(e) => return Err(e),
+        };
+        let rdev = device.metadata()?.rdev();
+        let fd = device.as_raw_fd();
+        let bound = if use_configure {
+            let config = loop_config {
+                fd: image.as_raw_fd() as u32,
+                block_size: 0,
+                info,
+                __reserved: [0; 8],
+            };
+            // SAFETY: `config` is a valid loop_config for the call's duration.
+            unsafe { loop_configure(fd, &config) }
+        } else {
+            // SAFETY: plain ioctl with a descriptor argument.
+            unsafe { loop_set_fd(fd, image.as_raw_fd()) }
+        };
+        match bound {
+            Ok(_) => {}
+            // Another process may win the free device between GET_FREE and binding; retry.
+            Err(Errno::EBUSY) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let attached = Attached {
+            number,
+            device,
+            rdev,
+            kept: false,
+        };
+        if !use_configure {
+            // SAFETY: `info` is a valid loop_info64; on failure `attached` detaches.
+            unsafe { loop_set_status64(fd, &info) }?;
+        }
+        let mut bound = loop_info64::ZERO;
+        // SAFETY: the kernel fills `bound`.
+        unsafe { loop_get_status64(fd, &mut bound) }?;
+        let seq = get_diskseq(&attached.device)?;
+        let line = record_line(&bound, seq, &field_str(&info.lo_crypt_name));
+        write_record(number, &line)?;
+        return Ok(attached);
+    }
+    Err(io::Error::other(format!(
+        "every free loop device was taken by others, {ATTACH_ATTEMPTS} times"
+    )))
 }
 
 /// Status of /dev/loopN; Ok(None) when it is not bound to a file or does not exist.
 pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
-    let _ = number;
-    unimplemented!()
+    let device = match File::open(dev_path(number)) {
+        Ok(f) => f,
+        // A removed device, or one being torn down (open gives ENXIO).
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut info = loop_info64::ZERO;
+    // SAFETY: the kernel fills `info`.
+    match unsafe { loop_get_status64(device.as_raw_fd(), &mut info) } {
+        Ok(_) => {}
+        // ENXIO: no file bound.
+        Err(Errno::ENXIO) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let mut tag = field_str(&info.lo_crypt_name);
+    if tag.is_empty() {
+        tag = read_record(number, &info, get_diskseq(&device)?).unwrap_or_default();
+    }
+    let sysfs = format!("/sys/block/loop{number}/loop/backing_file");
+    let backing_file = match fs::read_to_string(sysfs) {
+        Ok(s) => s.strip_suffix('\n').unwrap_or(&s).to_owned(),
+        Err(_) => field_str(&info.lo_file_name),
+    };
+    Ok(Some(LoopStatus {
+        number,
+        backing_dev: info.lo_device,
+        backing_inode: info.lo_inode,
+        read_only: info.lo_flags & LO_FLAGS_READ_ONLY != 0,
+        tag,
+        backing_file,
+    }))
 }
 
 /// BLKGETDISKSEQ of /dev/loopN; Ok(None) when the kernel lacks it.
 pub fn diskseq(number: u32) -> io::Result<Option<u64>> {
-    let _ = number;
-    unimplemented!()
+    get_diskseq(&File::open(dev_path(number))?)
 }
 
 /// LOOP_CLR_FD on /dev/loopN.
 pub fn detach(number: u32) -> io::Result<()> {
-    let _ = number;
-    unimplemented!()
+    let device = match File::open(dev_path(number)) {
+        Ok(d) => d,
+        // ENXIO: being torn down already.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return remove_record(number),
+        Err(e) => return Err(e),
+    };
+    // With other openers (blkback, or anyone's status()) this only sets
+    // autoclear; the kernel unbinds the device at their last close.
+    // SAFETY: argument-less ioctl on a descriptor we own.
+    match unsafe { loop_clr_fd(device.as_raw_fd()) } {
+        // ENXIO: nothing bound, already detached.
+        Ok(_) | Err(Errno::ENXIO) => remove_record(number),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn remove_record(number: u32) -> io::Result<()> {
+    match fs::remove_file(record_path(number)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Status of every bound loop device.
 pub fn all_bound() -> io::Result<Vec<LoopStatus>> {
-    unimplemented!()
+    let mut bound = Vec::new();
+    for entry in fs::read_dir("/sys/block")? {
+        let entry = entry?;
+        let Some(number) = entry.file_name().to_str().and_then(parse_number) else {
+            continue;
+        };
+        // The `loop` directory exists only while a file is bound.
+        if !entry.path().join("loop").exists() {
+            continue;
+        }
+        // A device detached meanwhile gives None and is skipped.
+        if let Some(s) = status(number)? {
+            bound.push(s);
+        }
+    }
+    bound.sort_by_key(|s| s.number);
+    Ok(bound)
 }
 
 /// Bound loop devices whose backing file is (dev, ino).
+///
+/// lo_device is the kernel's huge_encode_dev(), the same as glibc's makedev()
+/// for the st_dev that std reports (checked by `users_of_finds_exactly_ours`).
 pub fn users_of(dev: u64, ino: u64) -> io::Result<Vec<LoopStatus>> {
-    let _ = (dev, ino);
-    unimplemented!()
+    let mut all = all_bound()?;
+    all.retain(|s| s.backing_dev == dev && s.backing_inode == ino);
+    Ok(all)
 }
 
 /// "/dev/loop3" or "loop3" -> 3.
 pub fn parse_number(path: &str) -> Option<u32> {
-    let _ = path;
-    unimplemented!()
+    let digits = path
+        .strip_prefix("/dev/")
+        .unwrap_or(path)
+        .strip_prefix("loop")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::process::Command;
+
+    /// A private directory for the test's images, removed at the end.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new() -> Self {
+            Self(nix::unistd::mkdtemp("/tmp/xbh-loop-XXXXXX").unwrap())
+        }
+        /// A 1 MiB sparse image in this directory, opened as asked.
+        fn image(&self, name: &str, writable: bool) -> (PathBuf, File) {
+            let path = self.0.join(name);
+            File::create(&path).unwrap().set_len(1 << 20).unwrap();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .open(&path)
+                .unwrap();
+            (path, file)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Detaches a kept device at the end of the test.
+    struct DetachOnDrop(u32);
+    impl Drop for DetachOnDrop {
+        fn drop(&mut self) {
+            let _ = detach(self.0);
+        }
+    }
+
+    fn users(image: &Path) -> Vec<u32> {
+        let meta = fs::metadata(image).unwrap();
+        users_of(meta.dev(), meta.ino())
+            .unwrap()
+            .iter()
+            .map(|s| s.number)
+            .collect()
+    }
+
+    /// Waits for `image` to have no loop device: a detach is deferred while
+    /// someone else (e.g. another test's status()) holds the device open.
+    fn wait_unused(image: &Path) {
+        for _ in 0..1000 {
+            if users(image).is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{} still attached: {:?}", image.display(), users(image));
+    }
+
+    /// (RO, BACK-FILE) of `dev` as losetup shows them.
+    fn losetup(dev: &Path) -> (String, String) {
+        let out = Command::new("losetup")
+            .args(["-l", "-n", "-O", "NAME,RO,BACK-FILE"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == dev.to_str())
+            .unwrap_or_else(|| panic!("{} not in losetup's list:\n{text}", dev.display()));
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields[1].to_owned(), fields[2..].join(" "))
+    }
+
+    #[test]
+    fn struct_sizes_match_the_kernel() {
+        assert_eq!(std::mem::size_of::<loop_info64>(), 232);
+        assert_eq!(std::mem::size_of::<loop_config>(), 304);
+    }
+
+    #[test]
+    fn parses_numbers() {
+        assert_eq!(parse_number("/dev/loop3"), Some(3));
+        assert_eq!(parse_number("loop3"), Some(3));
+        assert_eq!(parse_number("/dev/loop12"), Some(12));
+        for bad in [
+            "/dev/loop",
+            "/dev/loopx",
+            "/dev/sda",
+            "loop3p1",
+            "/dev/loop-control",
+            "loop+3",
+        ] {
+            assert_eq!(parse_number(bad), None, "{bad}");
+        }
+    }
+
+    fn check_attach(read_only: bool, use_configure: bool) {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", !read_only);
+        let dev = attach_with(&image, &path, read_only, "xbh-test", use_configure).unwrap();
+        let s = status(dev.number()).unwrap().unwrap();
+        assert_eq!(s.number, dev.number());
+        assert_eq!(s.read_only, read_only);
+        assert_eq!(s.tag, "xbh-test");
+        assert_eq!(s.backing_file, path.to_str().unwrap());
+        let (ro, back) = losetup(&dev.path());
+        assert_eq!(ro, if read_only { "1" } else { "0" });
+        assert_eq!(back, path.to_str().unwrap());
+        let meta = fs::metadata(dev.path()).unwrap();
+        assert_eq!(
+            dev.major_minor(),
+            (libc::major(meta.rdev()), libc::minor(meta.rdev()))
+        );
+        assert_eq!(users(&path), vec![dev.number()]);
+    }
+
+    #[test]
+    fn attaches_read_write() {
+        check_attach(false, true);
+    }
+
+    #[test]
+    fn attaches_read_only() {
+        check_attach(true, true);
+    }
+
+    #[test]
+    fn set_fd_fallback_attaches() {
+        check_attach(false, false);
+        check_attach(true, false);
+    }
+
+    #[test]
+    fn read_only_flag_holds_with_a_writable_image() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        for use_configure in [true, false] {
+            let dev = attach_with(&image, &path, true, "", use_configure).unwrap();
+            assert!(status(dev.number()).unwrap().unwrap().read_only);
+        }
+    }
+
+    #[test]
+    fn tag_round_trips() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        let tag = "xen-block-hotplug:7/51712";
+        let dev = attach(&image, &path, false, tag).unwrap();
+        assert_eq!(status(dev.number()).unwrap().unwrap().tag, tag);
+        let long = "t".repeat(100);
+        let dev = attach(&image, &path, false, &long).unwrap();
+        assert_eq!(status(dev.number()).unwrap().unwrap().tag, long[..63]);
+    }
+
+    #[test]
+    fn stale_record_is_ignored() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        let dev = attach(&image, &path, false, "mine").unwrap();
+        let mut info = loop_info64::ZERO;
+        unsafe { loop_get_status64(dev.device.as_raw_fd(), &mut info) }.unwrap();
+        // As if left by an earlier binding of this device number.
+        write_record(dev.number(), &record_line(&info, Some(1), "stale")).unwrap();
+        assert_eq!(status(dev.number()).unwrap().unwrap().tag, "");
+        let number = dev.number();
+        drop(dev);
+        assert!(!record_path(number).exists());
+    }
+
+    #[test]
+    fn drop_detaches() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        let dev = attach(&image, &path, false, "").unwrap();
+        assert_eq!(users(&path), vec![dev.number()]);
+        drop(dev);
+        wait_unused(&path);
+    }
+
+    #[test]
+    fn keep_keeps() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        let number = attach(&image, &path, false, "").unwrap().keep();
+        let guard = DetachOnDrop(number);
+        assert_eq!(users(&path), vec![number]);
+        drop(guard);
+        wait_unused(&path);
+        detach(number).unwrap(); // already free: still Ok
+    }
+
+    #[test]
+    fn users_of_finds_exactly_ours() {
+        let dir = TempDir::new();
+        let (a_path, a) = dir.image("a.img", true);
+        let (b_path, b) = dir.image("b.img", false);
+        let a1 = attach(&a, &a_path, false, "").unwrap();
+        let a2 = attach(&a, &a_path, true, "").unwrap();
+        let b1 = attach(&b, &b_path, true, "").unwrap();
+        let mut want = vec![a1.number(), a2.number()];
+        want.sort();
+        // std's st_dev matches the kernel's lo_device encoding.
+        assert_eq!(users(&a_path), want);
+        assert_eq!(users(&b_path), vec![b1.number()]);
+    }
+
+    #[test]
+    fn diskseq_changes_on_reattach() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        let dev = attach(&image, &path, false, "").unwrap();
+        let first = dev.diskseq().expect("diskseq on this kernel");
+        assert_eq!(diskseq(dev.number()).unwrap(), Some(first));
+        drop(dev);
+        let dev = attach(&image, &path, false, "").unwrap();
+        assert!(dev.diskseq().unwrap() > first);
+    }
+
+    #[test]
+    fn concurrent_attaches_get_distinct_devices() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        let devices: Vec<Attached> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| s.spawn(|| attach(&image, &path, false, "").unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let numbers: BTreeSet<u32> = devices.iter().map(Attached::number).collect();
+        assert_eq!(numbers.len(), 16);
+        assert_eq!(users(&path), numbers.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn free_device_has_no_status() {
+        assert_eq!(status(999_999).unwrap(), None);
+        // Another process may bind the free device before we look; one of a few tries must see it free.
+        let control = File::open("/dev/loop-control").unwrap();
+        let seen_free = (0..10).any(|_| {
+            let n = unsafe { loop_ctl_get_free(control.as_raw_fd()) }.unwrap() as u32;
+            status(n).unwrap().is_none()
+        });
+        assert!(seen_free);
+        detach(999_999).unwrap_err();
+    }
 }
