@@ -27,16 +27,21 @@ fn file_tag(backend: &str) -> String {
 }
 
 struct Bed {
-    dir: PathBuf,
-    sim: Simulator,
+    // Fields drop in order: the connection, then the store, then the files.
     store: Store,
+    sim: Simulator,
+    dir: PathBuf,
     lock: PathBuf,
     verbose: bool,
+    _cleanup: DirGuard,
 }
 
-impl Drop for Bed {
+/// Removes the private directory once everything in it is closed.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -74,6 +79,7 @@ impl Bed {
         let store = Store::open_socket(sim.socket_path())?;
         Ok(Bed {
             lock: dir.join("block.lock"),
+            _cleanup: DirGuard(dir.clone()),
             dir,
             sim,
             store,
@@ -124,6 +130,12 @@ impl Bed {
             lock_timeout: Duration::from_secs(10),
         };
         Ok(hotplug::execute(&job, &self.store))
+    }
+
+    /// Deletes a backend directory after its remove, as libxl (or udev's
+    /// xen-hotplug-cleanup) does.
+    fn forget(&self, backend: &str) {
+        self.sim.rm(&format!("/local/domain/0/{backend}"));
     }
 
     fn node(&self, backend: &str, k: &str) -> Option<String> {
@@ -192,6 +204,7 @@ fn file_case(bed: &Bed, domid: u32, mode: &str, left: &mut Leftovers) -> Result<
         loopdev::status(n)?.is_none(),
         "{node} is still attached after remove"
     );
+    bed.forget(&b);
     Ok(())
 }
 
@@ -226,6 +239,7 @@ fn phy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
         loopdev::status(n)?.is_some(),
         "remove of a phy disk detached {path}"
     );
+    bed.forget(&b);
     Ok(())
 }
 
@@ -275,6 +289,8 @@ fn busy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
         "hotplug-status is not busy"
     );
     ensure!(bed.run(Action::Remove, &a)?.is_success(), "remove failed");
+    bed.forget(&a);
+    bed.forget(&b);
     Ok(())
 }
 

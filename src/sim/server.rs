@@ -50,8 +50,11 @@ pub fn spawn_acceptor(listener: UnixListener, shared: Arc<Shared>) -> JoinHandle
 /// in accept(), so it is woken with a connection of our own.
 pub fn stop(shared: &Shared, socket: &std::path::Path, acceptor: JoinHandle<()>) {
     shared.stop.store(true, Ordering::SeqCst);
-    let _ = UnixStream::connect(socket);
-    let _ = acceptor.join();
+    // If the socket is gone (its directory removed under us) nothing can
+    // wake the accept thread: leave it parked rather than hang on join.
+    if UnixStream::connect(socket).is_ok() {
+        let _ = acceptor.join();
+    }
     for conn in lock(&shared.conns).values() {
         let _ = conn.shutdown(Shutdown::Both);
     }
