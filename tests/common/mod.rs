@@ -1,0 +1,155 @@
+//! The test bed shared by the integration tests: a private simulated
+//! xenstore on a real socket, a private lock and temp directory, image
+//! files, and the built binary run the way libxl or udev runs it. Every
+//! loop device a test makes is detached by a guard, even when it fails.
+#![allow(dead_code)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use xen_block_hotplug::loopdev;
+use xen_block_hotplug::sim::Simulator;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_xen-block-hotplug");
+
+/// True when the machine can run loop-device tests; otherwise says so loudly.
+pub fn can_loop(test: &str) -> bool {
+    let ok = nix::unistd::Uid::effective().is_root() && Path::new("/dev/loop-control").exists();
+    if !ok {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "SKIPPED {test}: needs root and /dev/loop-control"
+        );
+    }
+    ok
+}
+
+pub struct Bed {
+    pub sim: Simulator,
+    pub dir: PathBuf,
+    pub lock: PathBuf,
+    pub script_dir: PathBuf,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        // Whatever the test did, detach every loop device backed by a file
+        // of this bed's directory (and only those).
+        for st in loopdev::all_bound().unwrap_or_default() {
+            if st.backing_file.starts_with(self.dir.to_string_lossy().as_ref()) {
+                let _ = loopdev::detach(st.number);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What a run of the binary left behind.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Bed {
+    pub fn new(name: &str) -> Bed {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "xbh-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the test directory");
+        let sim = Simulator::start(&dir.join("xenstored.sock")).expect("starting the simulator");
+        let script_dir = dir.join("scripts");
+        std::fs::create_dir_all(&script_dir).expect("creating the script directory");
+        Bed {
+            sim,
+            lock: dir.join("block.lock"),
+            script_dir,
+            dir,
+        }
+    }
+
+    /// A sparse image of `mib` MiB in the bed's directory.
+    pub fn image(&self, name: &str, mib: u64) -> PathBuf {
+        let p = self.dir.join(name);
+        let f = std::fs::File::create(&p).expect("creating an image");
+        f.set_len(mib << 20).expect("sizing an image");
+        p
+    }
+
+    /// Writes a backend directory as the toolstack does (blkback's state 2
+    /// included) and the frontend domain's `vm`. Returns the relative path.
+    pub fn backend(&self, domid: u32, devid: u32, ty: &str, params: &str, mode: &str) -> String {
+        let b = format!("backend/vbd/{domid}/{devid}");
+        let abs = format!("/local/domain/0/{b}");
+        for (k, v) in [
+            ("frontend-id", domid.to_string()),
+            ("frontend", format!("/local/domain/{domid}/device/vbd/{devid}")),
+            ("type", ty.to_string()),
+            ("params", params.to_string()),
+            ("mode", mode.to_string()),
+            ("online", "1".to_string()),
+            ("state", "2".to_string()),
+        ] {
+            self.sim.write(&format!("{abs}/{k}"), &v);
+        }
+        self.sim.write(&format!("/local/domain/{domid}/vm"), &format!("/vm/test-{domid}"));
+        b
+    }
+
+    /// A node of a backend given relative to dom0's home.
+    pub fn node(&self, backend: &str, k: &str) -> Option<String> {
+        self.sim.read(&format!("/local/domain/0/{backend}/{k}"))
+    }
+
+    /// The binary with the bed's store, lock and script dir, in libxl's
+    /// environment for `backend`, nothing else inherited.
+    pub fn command(&self, backend: &str) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("XENSTORED_PATH", self.sim.socket_path())
+            .env("XEN_BLOCK_HOTPLUG_LOCK", &self.lock)
+            .env("XEN_SCRIPT_DIR", &self.script_dir)
+            .env("XENBUS_PATH", backend)
+            .env("XENBUS_TYPE", "vbd")
+            .env("XENBUS_BASE_PATH", "backend")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, action: &str, backend: &str) -> Run {
+        self.command(backend)
+            .arg(action)
+            .output()
+            .expect("running the binary")
+            .into()
+    }
+
+    /// The loop device number a file backend's `node` names.
+    pub fn loop_of(&self, backend: &str) -> Option<u32> {
+        loopdev::parse_number(&self.node(backend, "node")?)
+    }
+
+    /// Bound loop devices backed by `image`.
+    pub fn loops_of(&self, image: &Path) -> Vec<loopdev::LoopStatus> {
+        let m = std::fs::metadata(image).expect("stat of an image");
+        loopdev::users_of(m.dev(), m.ino()).expect("listing loop devices")
+    }
+}
