@@ -21,14 +21,20 @@ fn main_code() -> ExitCode {
     let (rest, pairs) = invocation::split_args(args);
     let cli = match Cli::try_parse_from(std::iter::once(argv0).chain(rest)) {
         Ok(c) => c,
+        Err(e) if e.use_stderr() => {
+            // One line, as for our other usage errors: it lands in a
+            // toolstack's or udev's log, where clap's usage block is noise.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            return usage(&format!(
+                "{} (see --help)",
+                first.strip_prefix("error: ").unwrap_or(first)
+            ));
+        }
         Err(e) => {
-            let code = if e.use_stderr() {
-                ExitCode::Usage
-            } else {
-                ExitCode::Success
-            };
+            // --help and --version.
             let _ = e.print();
-            return code;
+            return ExitCode::Success;
         }
     };
     let mut vars = Vars::from_env();
