@@ -95,3 +95,33 @@ fn concurrent_writers_of_one_image_get_one_device() {
     }
     assert!(bed_loops(&bed).is_empty(), "every loop device detached");
 }
+
+#[test]
+fn concurrent_readers_of_one_image_all_connect() {
+    if !can_loop("concurrent_readers_of_one_image_all_connect") {
+        return;
+    }
+    const N: u32 = 12;
+    let bed = Bed::new("conc-readers");
+    let img = bed.image("shared.img", 4);
+    let backends: Vec<String> = (0..N)
+        .map(|i| bed.backend(90 + i, 51712, "file", img.to_str().unwrap(), "r"))
+        .collect();
+    let runs = all_at_once(&bed, "add", &backends);
+    let numbers: BTreeSet<u32> = backends
+        .iter()
+        .zip(&runs)
+        .map(|(b, r)| assert_file_connected(&bed, b, r, &img, true))
+        .collect();
+    assert_eq!(
+        numbers.len(),
+        N as usize,
+        "each reader has its own read-only device"
+    );
+    assert_eq!(bed.loops_of(&img).len(), N as usize);
+    let runs = all_at_once(&bed, "remove", &backends);
+    for (b, r) in backends.iter().zip(&runs) {
+        assert_eq!(r.code, 0, "remove of {b}: {}", r.stderr);
+    }
+    assert!(bed_loops(&bed).is_empty(), "every loop device detached");
+}

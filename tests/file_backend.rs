@@ -355,3 +355,35 @@ fn the_same_vm_may_open_an_image_twice_read_write() {
     assert_file_connected(&bed, &b, &r, &img, false);
     assert_eq!(bed.loops_of(&img).len(), 2);
 }
+
+#[test]
+fn w_bang_skips_the_checks_on_an_image() {
+    if !can_loop("w_bang_skips_the_checks_on_an_image") {
+        return;
+    }
+    let bed = Bed::new("share-wbang");
+    let img = bed.image("shared.img", 8);
+    let (a, r) = add(&bed, 7, &img, "w");
+    assert_file_connected(&bed, &a, &r, &img, false);
+    let (b, r) = add(&bed, 8, &img, "w!");
+    assert_file_connected(&bed, &b, &r, &img, false);
+    assert_eq!(bed.loops_of(&img).len(), 2);
+}
+
+/// The stock script took two domains without a `vm` node for one VM.
+#[test]
+fn domains_without_vm_nodes_are_not_the_same_vm() {
+    if !can_loop("domains_without_vm_nodes_are_not_the_same_vm") {
+        return;
+    }
+    let bed = Bed::new("share-novm");
+    let img = bed.image("shared.img", 8);
+    let (a, r) = add(&bed, 7, &img, "w");
+    assert_file_connected(&bed, &a, &r, &img, false);
+    let b = bed.backend(8, 51712, "file", img.to_str().unwrap(), "w");
+    bed.sim.rm("/local/domain/7/vm");
+    bed.sim.rm("/local/domain/8/vm");
+    let r = bed.run("add", &b);
+    assert_refused(&bed, &b, &r, "busy", &[img.to_str().unwrap()]);
+    assert_eq!(bed.loops_of(&img).len(), 1);
+}

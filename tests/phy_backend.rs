@@ -112,6 +112,10 @@ fn readers_share_and_w_bang_skips_the_checks() {
     assert_phy_connected(&bed, &c, &bed.run("add", &c), &dev);
     let d = bed.backend(10, 51712, "phy", p, "rw!");
     assert_phy_connected(&bed, &d, &bed.run("add", &d), &dev);
+    // A w! user is a writer all the same for a later checked request.
+    let e = bed.backend(11, 51712, "phy", p, "r");
+    let r = bed.run("add", &e);
+    assert_refused(&bed, &e, &r, "busy", &[p]);
 }
 
 /// Unmounts on drop, so a failing test leaves no mount behind.
