@@ -204,7 +204,7 @@ fn remove_leaves_a_reused_loop_device_alone() {
     let other = bed.image("other.img", 8);
     let b = bed.backend(7, 51712, "file", img.to_str().unwrap(), "w");
     let mut reused = None;
-    for _ in 0..5 {
+    for _ in 0..20 {
         let r = bed.run("add", &b);
         let n = assert_file_connected(&bed, &b, &r, &img, false);
         // Freed behind the tool's back, then bound to another file.
