@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use crate::devnum::DevNum;
 use crate::invocation::Invocation;
 use crate::outcome::Status;
-use crate::store::Store;
+use crate::store::{Request, Store};
 
 /// The nodes a run may need, all read in one pipelined batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -95,17 +95,21 @@ impl Outputs {
         v
     }
 
-    /// Writes every output in one round trip, in order.
+    /// Writes every output in one round trip, in order; a `hotplug-error`
+    /// left by an earlier failed attempt goes just before `connected`.
     pub fn write(&self, store: &Store, inv: &Invocation) -> Result<()> {
         let pairs = self.pairs();
         let paths: Vec<String> = pairs.iter().map(|(k, _)| inv.node(k)).collect();
-        let reqs: Vec<(&str, &str)> = paths
+        let stale = inv.node("hotplug-error");
+        let mut reqs: Vec<Request<'_>> = paths
             .iter()
             .zip(&pairs)
-            .map(|(p, (_, v))| (p.as_str(), v.as_str()))
+            .map(|(p, (_, v))| Request::Write(p, v))
             .collect();
+        reqs.insert(reqs.len() - 1, Request::Rm(&stale));
         store
-            .write_many(&reqs)
+            .batch(&reqs)
+            .map(|_| ())
             .with_context(|| format!("writing physical-device of {} to xenstore", inv.backend))
     }
 

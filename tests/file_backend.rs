@@ -387,3 +387,24 @@ fn domains_without_vm_nodes_are_not_the_same_vm() {
     assert_refused(&bed, &b, &r, "busy", &[img.to_str().unwrap()]);
     assert_eq!(bed.loops_of(&img).len(), 1);
 }
+
+#[test]
+fn a_retry_that_connects_clears_the_earlier_error() {
+    if !can_loop("a_retry_that_connects_clears_the_earlier_error") {
+        return;
+    }
+    let bed = Bed::new("retry");
+    let missing = bed.dir.join("late.img");
+    let b = bed.backend(7, 51712, "file", missing.to_str().unwrap(), "w");
+    assert_eq!(bed.run("add", &b).code, 1);
+    assert!(bed.node(&b, "hotplug-error").is_some());
+    // The admin creates the image; the toolstack retries.
+    let img = bed.image("late.img", 1);
+    let r = bed.run("add", &b);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert_eq!(bed.node(&b, "hotplug-status").as_deref(), Some("connected"));
+    assert_eq!(bed.node(&b, "hotplug-error"), None);
+    assert_eq!(bed.loops_of(&img).len(), 1);
+    assert_eq!(bed.run("remove", &b).code, 0);
+    assert!(bed.loops_of(&img).is_empty());
+}
