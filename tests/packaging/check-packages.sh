@@ -14,7 +14,6 @@
 # Usage: tests/packaging/check-packages.sh [DEB RPM]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-root=$PWD
 
 fail() {
     echo "check-packages: FAIL: $*" >&2

@@ -66,8 +66,7 @@ work=$(mktemp -d /tmp/deb-cycle.XXXXXX)
 
 # dpkg takes a lock that apt-get on the same machine may hold for a while.
 dpkg_retry() {
-    local i
-    for i in $(seq 1 120); do
+    for _ in $(seq 1 120); do
         if dpkg "$@" >"$work/dpkg.log" 2>&1; then
             return 0
         fi
