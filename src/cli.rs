@@ -17,6 +17,12 @@ Invoked exactly like the stock script: `block add` or `block remove` with
 XENBUS_PATH (e.g. backend/vbd/5/51728) in the environment or given as
 XENBUS_PATH=... arguments; with no command, udev's ACTION.
 
+The packages install it as /usr/sbin/xen-block-hotplug and make
+/etc/xen/scripts/block run it; Xen's own script is kept at
+/etc/xen/scripts/block.xen-stock and comes back when the package is removed.
+Logs go to syslog (daemon) and /var/log/xen/xen-hotplug.log. To check a host
+without touching its guests: `xen-block-hotplug selftest`.
+
 Exit status: 0 success, 1 failed add/remove (hotplug-status says why), 2 usage.";
 
 #[derive(Parser, Debug)]

@@ -1,0 +1,86 @@
+#!/bin/bash
+# Builds the packages into target/packages/:
+#   xen-block-hotplug_VERSION_amd64.deb   (Debian, Ubuntu)
+#   xen-block-hotplug-VERSION-1.x86_64.rpm (Oracle VM / OL, RHEL, Fedora, openSUSE)
+# from one static binary (glibc, crt-static: runs on any x86-64 dom0 from
+# Linux 3.2 on, whatever its userland) and the man page written from the
+# clap definitions.
+#
+# Needs cargo, gcc, dpkg-deb, and rpmbuild (Debian package `rpm`).
+# Environment: PKG_RELEASE (default 1) is the Debian revision and RPM
+# release; the tests set it to build an upgrade.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+triple=x86_64-unknown-linux-gnu
+release="${PKG_RELEASE:-1}"
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+out="$root/target/packages"
+work="$out/work"
+
+for tool in dpkg-deb rpmbuild file gzip; do
+    command -v "$tool" >/dev/null || {
+        echo "build.sh: $tool is missing (apt-get install dpkg-dev rpm file)" >&2
+        exit 1
+    }
+done
+
+# 1. The static binary. crt-static only for the explicit --target: applied to
+#    host builds it would break the proc-macro crates (clap_derive).
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release --locked --target "$triple" --bin xen-block-hotplug
+bin="$CARGO_TARGET_DIR/$triple/release/xen-block-hotplug"
+if ! file -L "$bin" | grep -Eq 'statically linked|static-pie linked'; then
+    echo "build.sh: $bin is not static: $(file -L "$bin")" >&2
+    exit 1
+fi
+
+# 2. The man page, from an example so clap_mangen stays out of the binary.
+rm -rf "$work"
+mkdir -p "$work/man"
+cargo run --quiet --locked --example manpage -- "$work/man" >/dev/null
+gzip -9n <"$work/man/xen-block-hotplug.8" >"$work/man/xen-block-hotplug.8.gz"
+
+# 3. The .deb, with dpkg-deb over a staged tree.
+deb="$work/deb"
+install -D -m 0755 "$bin" "$deb/usr/sbin/xen-block-hotplug"
+# Our /etc/xen/scripts/block: the preinst diverts the stock one first.
+mkdir -p "$deb/etc/xen/scripts"
+ln -s /usr/sbin/xen-block-hotplug "$deb/etc/xen/scripts/block"
+install -D -m 0644 "$work/man/xen-block-hotplug.8.gz" "$deb/usr/share/man/man8/xen-block-hotplug.8.gz"
+# Not under a rules.d: see the rule file's header.
+install -D -m 0644 udev-rules/65-xen-block-hotplug.rules \
+    "$deb/usr/share/xen-block-hotplug/udev/65-xen-block-hotplug.rules"
+mkdir -p "$deb/usr/share/doc/xen-block-hotplug"
+gzip -9n <README.md >"$deb/usr/share/doc/xen-block-hotplug/README.md.gz"
+install -m 0644 packaging/deb/copyright "$deb/usr/share/doc/xen-block-hotplug/copyright"
+mkdir -p "$deb/DEBIAN"
+install -m 0755 packaging/deb/preinst packaging/deb/postrm "$deb/DEBIAN/"
+size_kb=$(du -sk --exclude=DEBIAN "$deb" | cut -f1)
+sed -e "s/@VERSION@/$version-$release/" -e "s/@SIZE@/$size_kb/" \
+    packaging/deb/control >"$deb/DEBIAN/control"
+(cd "$deb" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' |
+    LC_ALL=C sort -z | xargs -0 md5sum >DEBIAN/md5sums)
+deb_file="$out/xen-block-hotplug_${version}-${release}_amd64.deb"
+rm -f "$deb_file"
+dpkg-deb --root-owner-group -Zxz --build "$deb" "$deb_file" >/dev/null
+
+# 4. The .rpm, from the same files; rpmbuild only copies them.
+rpm_top="$work/rpmbuild"
+mkdir -p "$rpm_top/SOURCES"
+cp "$bin" "$rpm_top/SOURCES/xen-block-hotplug"
+cp "$work/man/xen-block-hotplug.8.gz" README.md udev-rules/65-xen-block-hotplug.rules \
+    "$rpm_top/SOURCES/"
+rpmbuild --quiet -bb --target x86_64 \
+    --define "_topdir $rpm_top" \
+    --define "pkg_version $version" \
+    --define "pkg_release $release" \
+    packaging/rpm/xen-block-hotplug.spec >/dev/null
+rpm_file="$out/xen-block-hotplug-${version}-${release}.x86_64.rpm"
+cp "$rpm_top/RPMS/x86_64/xen-block-hotplug-${version}-${release}.x86_64.rpm" "$rpm_file"
+
+echo "binary: $bin ($(stat -c %s "$bin") bytes; $(file -L "$bin" | cut -d, -f2,4 | sed 's/^ //'))"
+for f in "$deb_file" "$rpm_file"; do
+    echo "package: $f ($(stat -c %s "$f") bytes)"
+done
