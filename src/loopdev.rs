@@ -9,6 +9,9 @@
 //! also kept in a record file, RECORD_DIR/loopN, which holds the
 //! backing file's dev and inode and the device's diskseq at attach: a record
 //! left by a device detached behind our back does not match its next binding.
+//! A second line, `store PATH`, names the xenstore the attach served when it
+//! was not the host's own (a test's simulator), so that `cleanup` against one
+//! store never judges the devices of another.
 
 use nix::errno::Errno;
 use nix::libc;
@@ -156,6 +159,15 @@ fn record_line(info: &loop_info64, diskseq: Option<u64>, tag: &str) -> String {
     )
 }
 
+/// The record's second line for `store` (none for the host's own store).
+fn store_line(store: &str) -> String {
+    if store.is_empty() {
+        String::new()
+    } else {
+        format!("store {store}\n")
+    }
+}
+
 /// Records `tag` for /dev/loopN, replacing the file atomically.
 fn write_record(number: u32, line: &str) -> io::Result<()> {
     fs::create_dir_all(RECORD_DIR)?;
@@ -164,12 +176,18 @@ fn write_record(number: u32, line: &str) -> io::Result<()> {
     fs::rename(&tmp, record_path(number))
 }
 
-/// The recorded tag of /dev/loopN if the record describes its current binding.
-fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<String> {
+/// The recorded (tag, store) of /dev/loopN if the record describes its
+/// current binding; the store is empty for the host's own.
+fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<(String, String)> {
     let text = fs::read_to_string(record_path(number)).ok()?;
+    let mut lines = text.lines();
     let binding = record_line(info, diskseq, "");
-    let tag = text.strip_prefix(binding.trim_end_matches('\n'))?;
-    Some(tag.trim_end_matches('\n').to_owned())
+    let tag = lines.next()?.strip_prefix(binding.trim_end_matches('\n'))?;
+    let store = lines
+        .next()
+        .and_then(|l| l.strip_prefix("store "))
+        .unwrap_or("");
+    Some((tag.to_owned(), store.to_owned()))
 }
 
 /// NUL-padded copy of `s`, cut to 63 bytes so the last byte stays NUL.
@@ -199,10 +217,22 @@ fn get_diskseq(device: &File) -> io::Result<Option<u64>> {
 /// Attaches `image` (an open file) to a free loop device, read-only if asked,
 /// with `name` as its lo_file_name and `tag` (at most 63 bytes) as lo_crypt_name.
 pub fn attach(image: &File, name: &Path, read_only: bool, tag: &str) -> io::Result<Attached> {
-    match attach_with(image, name, read_only, tag, true) {
+    attach_in(image, name, read_only, tag, "")
+}
+
+/// `attach`, recording that the device serves a backend of `store` (empty:
+/// the host's own xenstore).
+pub fn attach_in(
+    image: &File,
+    name: &Path,
+    read_only: bool,
+    tag: &str,
+    store: &str,
+) -> io::Result<Attached> {
+    match attach_with(image, name, read_only, tag, store, true) {
         // Kernels before 5.8 have no LOOP_CONFIGURE.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTTY)) => {
-            attach_with(image, name, read_only, tag, false)
+            attach_with(image, name, read_only, tag, store, false)
         }
         r => r,
     }
@@ -213,6 +243,7 @@ fn attach_with(
     name: &Path,
     read_only: bool,
     tag: &str,
+    store: &str,
     use_configure: bool,
 ) -> io::Result<Attached> {
     let control = OpenOptions::new()
@@ -274,7 +305,8 @@ fn attach_with(
         // SAFETY: the kernel fills `bound`.
         unsafe { loop_get_status64(fd, &mut bound) }?;
         let seq = get_diskseq(&attached.device)?;
-        let line = record_line(&bound, seq, &field_str(&info.lo_crypt_name));
+        let mut line = record_line(&bound, seq, &field_str(&info.lo_crypt_name));
+        line.push_str(&store_line(store));
         write_record(number, &line)?;
         return Ok(attached);
     }
@@ -303,7 +335,9 @@ pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
     }
     let mut tag = field_str(&info.lo_crypt_name);
     if tag.is_empty() {
-        tag = read_record(number, &info, get_diskseq(&device)?).unwrap_or_default();
+        tag = read_record(number, &info, get_diskseq(&device)?)
+            .map(|(t, _)| t)
+            .unwrap_or_default();
     }
     let sysfs = format!("/sys/block/loop{number}/loop/backing_file");
     let backing_file = match fs::read_to_string(sysfs) {
@@ -318,6 +352,28 @@ pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
         tag,
         backing_file,
     }))
+}
+
+/// The store whose backend /dev/loopN was attached for, as recorded: empty
+/// for the host's own store or when there is no record of its binding.
+pub fn recorded_store(number: u32) -> io::Result<String> {
+    let device = match File::open(dev_path(number)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) => {
+            return Ok(String::new())
+        }
+        Err(e) => return Err(e),
+    };
+    let mut info = loop_info64::ZERO;
+    // SAFETY: the kernel fills `info`.
+    match unsafe { loop_get_status64(device.as_raw_fd(), &mut info) } {
+        Ok(_) => {}
+        Err(Errno::ENXIO) => return Ok(String::new()),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(read_record(number, &info, get_diskseq(&device)?)
+        .map(|(_, s)| s)
+        .unwrap_or_default())
 }
 
 /// BLKGETDISKSEQ of /dev/loopN; Ok(None) when the kernel lacks it.
@@ -493,7 +549,7 @@ mod tests {
     fn check_attach(read_only: bool, use_configure: bool) {
         let dir = TempDir::new();
         let (path, image) = dir.image("disk.img", !read_only);
-        let dev = attach_with(&image, &path, read_only, "xbh-test", use_configure).unwrap();
+        let dev = attach_with(&image, &path, read_only, "xbh-test", "", use_configure).unwrap();
         let s = status(dev.number()).unwrap().unwrap();
         assert_eq!(s.number, dev.number());
         assert_eq!(s.read_only, read_only);
@@ -531,7 +587,7 @@ mod tests {
         let dir = TempDir::new();
         let (path, image) = dir.image("disk.img", true);
         for use_configure in [true, false] {
-            let dev = attach_with(&image, &path, true, "", use_configure).unwrap();
+            let dev = attach_with(&image, &path, true, "", "", use_configure).unwrap();
             assert!(status(dev.number()).unwrap().unwrap().read_only);
         }
     }
@@ -546,6 +602,17 @@ mod tests {
         let long = "t".repeat(100);
         let dev = attach(&image, &path, false, &long).unwrap();
         assert_eq!(status(dev.number()).unwrap().unwrap().tag, long[..63]);
+    }
+
+    #[test]
+    fn store_is_recorded() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        let dev = attach_in(&image, &path, false, "xbh:x", "/tmp/sim/socket").unwrap();
+        assert_eq!(recorded_store(dev.number()).unwrap(), "/tmp/sim/socket");
+        assert_eq!(status(dev.number()).unwrap().unwrap().tag, "xbh:x");
+        let host = attach(&image, &path, false, "xbh:y").unwrap();
+        assert_eq!(recorded_store(host.number()).unwrap(), "");
     }
 
     #[test]
