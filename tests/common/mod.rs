@@ -39,7 +39,10 @@ impl Drop for Bed {
         // Whatever the test did, detach every loop device backed by a file
         // of this bed's directory (and only those).
         for st in loopdev::all_bound().unwrap_or_default() {
-            if st.backing_file.starts_with(self.dir.to_string_lossy().as_ref()) {
+            if st
+                .backing_file
+                .starts_with(self.dir.to_string_lossy().as_ref())
+            {
                 let _ = loopdev::detach(st.number);
             }
         }
@@ -100,7 +103,10 @@ impl Bed {
         let abs = format!("/local/domain/0/{b}");
         for (k, v) in [
             ("frontend-id", domid.to_string()),
-            ("frontend", format!("/local/domain/{domid}/device/vbd/{devid}")),
+            (
+                "frontend",
+                format!("/local/domain/{domid}/device/vbd/{devid}"),
+            ),
             ("type", ty.to_string()),
             ("params", params.to_string()),
             ("mode", mode.to_string()),
@@ -109,7 +115,10 @@ impl Bed {
         ] {
             self.sim.write(&format!("{abs}/{k}"), &v);
         }
-        self.sim.write(&format!("/local/domain/{domid}/vm"), &format!("/vm/test-{domid}"));
+        self.sim.write(
+            &format!("/local/domain/{domid}/vm"),
+            &format!("/vm/test-{domid}"),
+        );
         b
     }
 
@@ -139,6 +148,53 @@ impl Bed {
             .arg(action)
             .output()
             .expect("running the binary")
+            .into()
+    }
+
+    /// `xen-block-hotplug cleanup` with extra arguments, against this bed's store.
+    pub fn cleanup(&self, args: &[&str]) -> Run {
+        self.command("")
+            .env_remove("XENBUS_PATH")
+            .arg("cleanup")
+            .args(args)
+            .output()
+            .expect("running the binary")
+            .into()
+    }
+
+    /// Runs `action` with a bound on the exchange with the store; a run
+    /// longer than `limit` is killed and reported as code -1 (a hang).
+    pub fn run_bounded(
+        &self,
+        action: &str,
+        backend: &str,
+        store_timeout: &str,
+        limit: std::time::Duration,
+    ) -> Run {
+        let mut child = self
+            .command(backend)
+            .env("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT", store_timeout)
+            .arg(action)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the binary");
+        let end = std::time::Instant::now() + limit;
+        while child.try_wait().expect("waiting for the binary").is_none() {
+            if std::time::Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Run {
+                    code: -1,
+                    stdout: String::new(),
+                    stderr: "hung".into(),
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child
+            .wait_with_output()
+            .expect("collecting the binary's output")
             .into()
     }
 
