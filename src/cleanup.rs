@@ -175,6 +175,10 @@ pub fn run(opts: &Options, store: &Store) -> Result<Vec<Finding>> {
             orphan,
         });
     }
+    if !opts.dry_run {
+        let n = loopdev::prune_pending().context("pruning pending loop records")?;
+        log::debug!("pruned {n} stale pending records");
+    }
     if findings.iter().all(|f| f.orphan.is_none()) {
         println!("no orphaned loop devices");
     }

@@ -429,6 +429,46 @@ pub fn recorded_store(number: u32) -> io::Result<String> {
         .unwrap_or_default())
 }
 
+/// Removes pending records no binding names any more (left by a process
+/// killed before binding, or after its final record); returns how many.
+/// Call under the hotplug lock, which attaches are made under.
+pub fn prune_pending() -> io::Result<usize> {
+    let entries = match fs::read_dir(RECORD_DIR) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut pruned = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(number) = name
+            .to_str()
+            .filter(|n| n.ends_with(".pending"))
+            .and_then(|n| {
+                n.strip_prefix("loop")?
+                    .split('.')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+        else {
+            continue;
+        };
+        let named = File::open(dev_path(number)).ok().and_then(|d| {
+            let mut info = loop_info64::ZERO;
+            // SAFETY: the kernel fills `info`.
+            unsafe { loop_get_status64(d.as_raw_fd(), &mut info) }.ok()?;
+            pending_of(&info, number)
+        });
+        if named.as_deref() != Some(entry.path().as_path()) {
+            fs::remove_file(entry.path())?;
+            pruned += 1;
+        }
+    }
+    Ok(pruned)
+}
+
 /// BLKGETDISKSEQ of /dev/loopN; Ok(None) when the kernel lacks it.
 pub fn diskseq(number: u32) -> io::Result<Option<u64>> {
     get_diskseq(&File::open(dev_path(number))?)
