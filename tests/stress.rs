@@ -236,11 +236,21 @@ fn check_no_double_writer(bed: &Bed, images: &[PathBuf]) -> usize {
                 .map(|s| {
                     let b = format!("backend/vbd/{s}/51712");
                     let n = |k| bed.node(&b, k).unwrap_or_default();
-                    (s, n("params"), n("mode"), n("physical-device"), n("node"), n("hotplug-status"))
+                    (
+                        s,
+                        n("params"),
+                        n("mode"),
+                        n("physical-device"),
+                        n("node"),
+                        n("hotplug-status"),
+                    )
                 })
                 .filter(|t| !t.1.is_empty())
                 .collect();
-            panic!("{}: a writer and readers: {users:?}\n{slots:#?}", img.display());
+            panic!(
+                "{}: a writer and readers: {users:?}\n{slots:#?}",
+                img.display()
+            );
         }
         total += users.len();
     }
