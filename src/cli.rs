@@ -70,6 +70,10 @@ pub enum Command {
     /// Prove this host: add and remove real disks against a private,
     /// in-process xenstore; touches neither the host's store nor its guests
     Selftest,
+    /// Detach the loop devices this tool attached that no backend of the
+    /// store references any more (after a toolstack crash, or from a timer);
+    /// never touches a device it did not attach
+    Cleanup,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! (hotplug-status). `hotplug` ties one run together.
 
 pub mod backend;
+pub mod cleanup;
 pub mod cli;
 pub mod devnum;
 pub mod exit_codes;

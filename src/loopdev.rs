@@ -9,21 +9,32 @@
 //! also kept in a record file, RECORD_DIR/loopN, which holds the
 //! backing file's dev and inode and the device's diskseq at attach: a record
 //! left by a device detached behind our back does not match its next binding.
+//! The binding's diskseq is known only once bound, so a process killed
+//! between binding and recording would leave a device nobody could tell was
+//! ours: before binding, the tag goes to a pending record
+//! RECORD_DIR/loopN.ID.pending, and the binding carries `xbh-pending:ID` as
+//! its lo_file_name (which the kernel keeps; the backing file's path is
+//! read from sysfs), so a pending record matches exactly that binding.
+//! A second line, `store PATH`, names the xenstore the attach served when it
+//! was not the host's own (a test's simulator), so that `cleanup` against one
+//! store never judges the devices of another.
 
 use nix::errno::Errno;
 use nix::libc;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const LO_NAME_SIZE: usize = 64;
 const LO_KEY_SIZE: usize = 32;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 /// Where the ownership tags of attached devices are recorded.
 pub const RECORD_DIR: &str = "/run/xen-block-hotplug";
+/// lo_file_name of a binding whose tag is in a pending record.
+const PENDING_PREFIX: &str = "xbh-pending:";
 /// Bound on GET_FREE + CONFIGURE rounds lost to other processes.
 const ATTACH_ATTEMPTS: usize = 64;
 
@@ -104,6 +115,8 @@ pub struct Attached {
     device: File,
     rdev: u64,
     kept: bool,
+    /// The pending record, until the final one is written.
+    pending: Option<PathBuf>,
 }
 
 impl Attached {
@@ -130,6 +143,9 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
+        if let Some(p) = &self.pending {
+            let _ = fs::remove_file(p);
+        }
         if !self.kept {
             let _ = remove_record(self.number);
             // SAFETY: plain ioctl on a descriptor we own.
@@ -146,6 +162,18 @@ fn record_path(number: u32) -> PathBuf {
     Path::new(RECORD_DIR).join(format!("loop{number}"))
 }
 
+fn pending_path(number: u32, id: &str) -> PathBuf {
+    Path::new(RECORD_DIR).join(format!("loop{number}.{id}.pending"))
+}
+
+/// The pending record a binding's lo_file_name names, if any.
+fn pending_of(info: &loop_info64, number: u32) -> Option<PathBuf> {
+    let name = field_str(&info.lo_file_name);
+    let id = name.strip_prefix(PENDING_PREFIX)?;
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .then(|| pending_path(number, id))
+}
+
 /// "dev ino diskseq tag" of the binding `info` describes (diskseq 0 when unknown).
 fn record_line(info: &loop_info64, diskseq: Option<u64>, tag: &str) -> String {
     format!(
@@ -156,6 +184,15 @@ fn record_line(info: &loop_info64, diskseq: Option<u64>, tag: &str) -> String {
     )
 }
 
+/// The record's second line for `store` (none for the host's own store).
+fn store_line(store: &str) -> String {
+    if store.is_empty() {
+        String::new()
+    } else {
+        format!("store {store}\n")
+    }
+}
+
 /// Records `tag` for /dev/loopN, replacing the file atomically.
 fn write_record(number: u32, line: &str) -> io::Result<()> {
     fs::create_dir_all(RECORD_DIR)?;
@@ -164,12 +201,26 @@ fn write_record(number: u32, line: &str) -> io::Result<()> {
     fs::rename(&tmp, record_path(number))
 }
 
-/// The recorded tag of /dev/loopN if the record describes its current binding.
-fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<String> {
-    let text = fs::read_to_string(record_path(number)).ok()?;
+/// The recorded (tag, store) of /dev/loopN if the record describes its
+/// current binding; the store is empty for the host's own.
+fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<(String, String)> {
     let binding = record_line(info, diskseq, "");
-    let tag = text.strip_prefix(binding.trim_end_matches('\n'))?;
-    Some(tag.trim_end_matches('\n').to_owned())
+    let binding = binding.trim_end_matches('\n');
+    let text = fs::read_to_string(record_path(number))
+        .ok()
+        .filter(|t| t.lines().next().is_some_and(|l| l.starts_with(binding)));
+    // No final record of this binding: the pending one its name points to.
+    let (text, prefix) = match text {
+        Some(t) => (t, binding),
+        None => (fs::read_to_string(pending_of(info, number)?).ok()?, ""),
+    };
+    let mut lines = text.lines();
+    let tag = lines.next()?.strip_prefix(prefix)?;
+    let store = lines
+        .next()
+        .and_then(|l| l.strip_prefix("store "))
+        .unwrap_or("");
+    Some((tag.to_owned(), store.to_owned()))
 }
 
 /// NUL-padded copy of `s`, cut to 63 bytes so the last byte stays NUL.
@@ -197,12 +248,26 @@ fn get_diskseq(device: &File) -> io::Result<Option<u64>> {
 }
 
 /// Attaches `image` (an open file) to a free loop device, read-only if asked,
-/// with `name` as its lo_file_name and `tag` (at most 63 bytes) as lo_crypt_name.
+/// with `tag` (at most 63 bytes) as lo_crypt_name. `name` is the image's
+/// path for the caller's messages: lo_file_name carries the pending-record
+/// marker, and tools (losetup, `status`) read the path from sysfs.
 pub fn attach(image: &File, name: &Path, read_only: bool, tag: &str) -> io::Result<Attached> {
-    match attach_with(image, name, read_only, tag, true) {
+    attach_in(image, name, read_only, tag, "")
+}
+
+/// `attach`, recording that the device serves a backend of `store` (empty:
+/// the host's own xenstore).
+pub fn attach_in(
+    image: &File,
+    name: &Path,
+    read_only: bool,
+    tag: &str,
+    store: &str,
+) -> io::Result<Attached> {
+    match attach_with(image, name, read_only, tag, store, true) {
         // Kernels before 5.8 have no LOOP_CONFIGURE.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTTY)) => {
-            attach_with(image, name, read_only, tag, false)
+            attach_with(image, name, read_only, tag, store, false)
         }
         r => r,
     }
@@ -210,17 +275,18 @@ pub fn attach(image: &File, name: &Path, read_only: bool, tag: &str) -> io::Resu
 
 fn attach_with(
     image: &File,
-    name: &Path,
+    _name: &Path,
     read_only: bool,
     tag: &str,
+    store: &str,
     use_configure: bool,
 ) -> io::Result<Attached> {
     let control = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/loop-control")?;
+    static PENDING_IDS: AtomicU64 = AtomicU64::new(0);
     let mut info = loop_info64::ZERO;
-    info.lo_file_name = name_field(name.as_os_str().as_bytes());
     info.lo_crypt_name = name_field(tag.as_bytes());
     // Never LO_FLAGS_AUTOCLEAR: blkback opens the device after we close ours.
     info.lo_flags = if read_only { LO_FLAGS_READ_ONLY } else { 0 };
@@ -241,6 +307,18 @@ fn attach_with(
         };
         let rdev = device.metadata()?.rdev();
         let fd = device.as_raw_fd();
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            PENDING_IDS.fetch_add(1, Ordering::SeqCst)
+        );
+        info.lo_file_name = name_field(format!("{PENDING_PREFIX}{id}").as_bytes());
+        let pending = pending_path(number, &id);
+        fs::create_dir_all(RECORD_DIR)?;
+        fs::write(
+            &pending,
+            format!("{}\n{}", field_str(&info.lo_crypt_name), store_line(store)),
+        )?;
         let bound = if use_configure {
             let config = loop_config {
                 fd: image.as_raw_fd() as u32,
@@ -254,17 +332,20 @@ fn attach_with(
             // SAFETY: plain ioctl with a descriptor argument.
             unsafe { loop_set_fd(fd, image.as_raw_fd()) }
         };
-        match bound {
-            Ok(_) => {}
-            // Another process may win the free device between GET_FREE and binding; retry.
-            Err(Errno::EBUSY) => continue,
-            Err(e) => return Err(e.into()),
+        if let Err(e) = bound {
+            let _ = fs::remove_file(&pending);
+            match e {
+                // Another process may win the free device between GET_FREE and binding; retry.
+                Errno::EBUSY => continue,
+                e => return Err(e.into()),
+            }
         }
-        let attached = Attached {
+        let mut attached = Attached {
             number,
             device,
             rdev,
             kept: false,
+            pending: Some(pending),
         };
         if !use_configure {
             // SAFETY: `info` is a valid loop_info64; on failure `attached` detaches.
@@ -274,8 +355,12 @@ fn attach_with(
         // SAFETY: the kernel fills `bound`.
         unsafe { loop_get_status64(fd, &mut bound) }?;
         let seq = get_diskseq(&attached.device)?;
-        let line = record_line(&bound, seq, &field_str(&info.lo_crypt_name));
+        let mut line = record_line(&bound, seq, &field_str(&info.lo_crypt_name));
+        line.push_str(&store_line(store));
         write_record(number, &line)?;
+        if let Some(p) = attached.pending.take() {
+            let _ = fs::remove_file(p);
+        }
         return Ok(attached);
     }
     Err(io::Error::other(format!(
@@ -303,7 +388,9 @@ pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
     }
     let mut tag = field_str(&info.lo_crypt_name);
     if tag.is_empty() {
-        tag = read_record(number, &info, get_diskseq(&device)?).unwrap_or_default();
+        tag = read_record(number, &info, get_diskseq(&device)?)
+            .map(|(t, _)| t)
+            .unwrap_or_default();
     }
     let sysfs = format!("/sys/block/loop{number}/loop/backing_file");
     let backing_file = match fs::read_to_string(sysfs) {
@@ -320,6 +407,68 @@ pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
     }))
 }
 
+/// The store whose backend /dev/loopN was attached for, as recorded: empty
+/// for the host's own store or when there is no record of its binding.
+pub fn recorded_store(number: u32) -> io::Result<String> {
+    let device = match File::open(dev_path(number)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) => {
+            return Ok(String::new())
+        }
+        Err(e) => return Err(e),
+    };
+    let mut info = loop_info64::ZERO;
+    // SAFETY: the kernel fills `info`.
+    match unsafe { loop_get_status64(device.as_raw_fd(), &mut info) } {
+        Ok(_) => {}
+        Err(Errno::ENXIO) => return Ok(String::new()),
+        Err(e) => return Err(e.into()),
+    }
+    Ok(read_record(number, &info, get_diskseq(&device)?)
+        .map(|(_, s)| s)
+        .unwrap_or_default())
+}
+
+/// Removes pending records no binding names any more (left by a process
+/// killed before binding, or after its final record); returns how many.
+/// Call under the hotplug lock, which attaches are made under.
+pub fn prune_pending() -> io::Result<usize> {
+    let entries = match fs::read_dir(RECORD_DIR) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut pruned = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(number) = name
+            .to_str()
+            .filter(|n| n.ends_with(".pending"))
+            .and_then(|n| {
+                n.strip_prefix("loop")?
+                    .split('.')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+        else {
+            continue;
+        };
+        let named = File::open(dev_path(number)).ok().and_then(|d| {
+            let mut info = loop_info64::ZERO;
+            // SAFETY: the kernel fills `info`.
+            unsafe { loop_get_status64(d.as_raw_fd(), &mut info) }.ok()?;
+            pending_of(&info, number)
+        });
+        if named.as_deref() != Some(entry.path().as_path()) {
+            fs::remove_file(entry.path())?;
+            pruned += 1;
+        }
+    }
+    Ok(pruned)
+}
+
 /// BLKGETDISKSEQ of /dev/loopN; Ok(None) when the kernel lacks it.
 pub fn diskseq(number: u32) -> io::Result<Option<u64>> {
     get_diskseq(&File::open(dev_path(number))?)
@@ -333,12 +482,22 @@ pub fn detach(number: u32) -> io::Result<()> {
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return remove_record(number),
         Err(e) => return Err(e),
     };
+    let mut info = loop_info64::ZERO;
+    // SAFETY: the kernel fills `info`.
+    let pending = unsafe { loop_get_status64(device.as_raw_fd(), &mut info) }
+        .ok()
+        .and_then(|_| pending_of(&info, number));
     // With other openers (blkback, or anyone's status()) this only sets
     // autoclear; the kernel unbinds the device at their last close.
     // SAFETY: argument-less ioctl on a descriptor we own.
     match unsafe { loop_clr_fd(device.as_raw_fd()) } {
         // ENXIO: nothing bound, already detached.
-        Ok(_) | Err(Errno::ENXIO) => remove_record(number),
+        Ok(_) | Err(Errno::ENXIO) => {
+            if let Some(p) = pending {
+                let _ = fs::remove_file(p);
+            }
+            remove_record(number)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -493,7 +652,7 @@ mod tests {
     fn check_attach(read_only: bool, use_configure: bool) {
         let dir = TempDir::new();
         let (path, image) = dir.image("disk.img", !read_only);
-        let dev = attach_with(&image, &path, read_only, "xbh-test", use_configure).unwrap();
+        let dev = attach_with(&image, &path, read_only, "xbh-test", "", use_configure).unwrap();
         let s = status(dev.number()).unwrap().unwrap();
         assert_eq!(s.number, dev.number());
         assert_eq!(s.read_only, read_only);
@@ -531,7 +690,7 @@ mod tests {
         let dir = TempDir::new();
         let (path, image) = dir.image("disk.img", true);
         for use_configure in [true, false] {
-            let dev = attach_with(&image, &path, true, "", use_configure).unwrap();
+            let dev = attach_with(&image, &path, true, "", "", use_configure).unwrap();
             assert!(status(dev.number()).unwrap().unwrap().read_only);
         }
     }
@@ -546,6 +705,44 @@ mod tests {
         let long = "t".repeat(100);
         let dev = attach(&image, &path, false, &long).unwrap();
         assert_eq!(status(dev.number()).unwrap().unwrap().tag, long[..63]);
+    }
+
+    #[test]
+    fn store_is_recorded() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        let dev = attach_in(&image, &path, false, "xbh:x", "/tmp/sim/socket").unwrap();
+        assert_eq!(recorded_store(dev.number()).unwrap(), "/tmp/sim/socket");
+        assert_eq!(status(dev.number()).unwrap().unwrap().tag, "xbh:x");
+        let host = attach(&image, &path, false, "xbh:y").unwrap();
+        assert_eq!(recorded_store(host.number()).unwrap(), "");
+    }
+
+    #[test]
+    fn pending_record_names_a_binding_killed_before_its_record() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        let number = attach_in(&image, &path, false, "xbh:k", "/s")
+            .unwrap()
+            .keep();
+        let guard = DetachOnDrop(number);
+        let device = File::open(dev_path(number)).unwrap();
+        let mut info = loop_info64::ZERO;
+        unsafe { loop_get_status64(device.as_raw_fd(), &mut info) }.unwrap();
+        drop(device);
+        // As a process killed between binding and recording leaves it.
+        fs::remove_file(record_path(number)).unwrap();
+        let pending = pending_of(&info, number).expect("a pending marker");
+        fs::write(&pending, "xbh:k\nstore /s\n").unwrap();
+        assert_eq!(status(number).unwrap().unwrap().tag, "xbh:k");
+        assert_eq!(recorded_store(number).unwrap(), "/s");
+        assert_eq!(
+            status(number).unwrap().unwrap().backing_file,
+            path.to_str().unwrap()
+        );
+        detach(number).unwrap();
+        assert!(!pending.exists());
+        drop(guard);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use xen_block_hotplug::exit_codes::ExitCode;
 use xen_block_hotplug::hotplug::{self, Job};
 use xen_block_hotplug::invocation::{self, Action, Invocation, Vars};
 use xen_block_hotplug::store::Store;
-use xen_block_hotplug::{logging, selftest};
+use xen_block_hotplug::{cleanup, logging, selftest};
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!("xen-block-hotplug: {msg}");
@@ -46,6 +46,24 @@ fn main_code() -> ExitCode {
             logging::init(cli.verbose, false);
             return selftest::run(cli.verbose);
         }
+        Some(Command::Cleanup) => {
+            logging::init(cli.verbose, !cli.dry_run);
+            let Some(lock_timeout) = seconds(cli.lock_timeout) else {
+                return usage("--lock-timeout takes a number of seconds");
+            };
+            let opts = cleanup::Options {
+                dry_run: cli.dry_run,
+                lock_path: cli.lock_file,
+                lock_timeout,
+            };
+            return match open_store(&vars).and_then(|s| cleanup::run(&opts, &s)) {
+                Ok(_) => ExitCode::Success,
+                Err(e) => {
+                    log::error!("cleanup failed: {e:#}");
+                    ExitCode::Failure
+                }
+            };
+        }
         Some(Command::Add) => Action::Add,
         Some(Command::Remove) => Action::Remove,
         None => match vars.get("ACTION") {
@@ -75,7 +93,7 @@ fn main_code() -> ExitCode {
         lock_path: cli.lock_file,
         lock_timeout: Duration::from_secs_f64(cli.lock_timeout),
     };
-    let store = match Store::open() {
+    let store = match open_store(&vars) {
         Ok(s) => s,
         Err(e) => {
             // Nothing can be reported in the store; the exit status says it.
@@ -84,6 +102,24 @@ fn main_code() -> ExitCode {
         }
     };
     hotplug::execute(&job, &store)
+}
+
+fn seconds(s: f64) -> Option<Duration> {
+    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s))
+}
+
+/// Connects to xenstored, with the exchange bound XEN_BLOCK_HOTPLUG_STORE_TIMEOUT
+/// (seconds) when set: a wedged xenstored must fail us before the toolstack
+/// gives up on the hotplug script.
+fn open_store(vars: &Vars) -> anyhow::Result<Store> {
+    let store = Store::open()?;
+    if let Some(t) = vars.get("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT") {
+        match t.trim().parse().ok().and_then(seconds) {
+            Some(d) if !d.is_zero() => store.set_timeout(d),
+            _ => log::warn!("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT={t:?} is not a number of seconds; using the default"),
+        }
+    }
+    Ok(store)
 }
 
 fn main() {

@@ -104,8 +104,14 @@ pub fn add(
         );
         return Ok(());
     }
-    let attached = loopdev::attach(file, path, !mode.writable(), &tag(&inv.key))
-        .with_context(|| format!("attaching {} to a loop device", path.display()))?;
+    let attached = loopdev::attach_in(
+        file,
+        path,
+        !mode.writable(),
+        &tag(&inv.key),
+        store.identity(),
+    )
+    .with_context(|| format!("attaching {} to a loop device", path.display()))?;
     let (major, minor) = attached.major_minor();
     let dev_path = attached.path().to_string_lossy().into_owned();
     let out = Outputs {

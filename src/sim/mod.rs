@@ -3,6 +3,7 @@
 //! our own store client) talk to it as to dom0's xenstored.
 
 mod error;
+mod fault;
 mod path;
 mod server;
 mod state;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 pub use error::Errno;
+pub use fault::{Fault, Which};
 pub use path::HOME;
 
 use crate::store::wire::Op;
@@ -143,6 +145,17 @@ impl Simulator {
     /// in `request_count`).
     pub fn op_counts(&self) -> HashMap<Op, u64> {
         lock(&self.shared.state).counts.clone()
+    }
+
+    /// Injects `fault` into every request from now on (`Fault::None` ends it).
+    pub fn set_fault(&self, fault: Fault) {
+        *lock(&self.shared.fault) = fault;
+    }
+
+    /// Requests received so far over all connections, including those a
+    /// fault is holding or refusing.
+    pub fn requests_arrived(&self) -> u64 {
+        self.shared.arrived.load(Ordering::SeqCst)
     }
 
     /// Transactions started and not yet ended, over all connections.

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
+use super::fault::{Fault, Verdict};
 use super::state::{Delivery, State, Writer};
-use crate::store::wire::Message;
+use crate::store::wire::{Message, Op};
 
 /// What the simulator handle and all server threads share.
 #[derive(Default)]
@@ -22,6 +23,11 @@ pub struct Shared {
     conns: Mutex<HashMap<u64, UnixStream>>,
     stop: AtomicBool,
     next_conn: AtomicU64,
+    /// The fault to inject (`Simulator::set_fault`).
+    pub fault: Mutex<Fault>,
+    /// Requests received so far, over all connections, counted before any
+    /// fault holds or refuses them.
+    pub arrived: AtomicU64,
 }
 
 /// A panicking connection thread must not take the whole store down with
@@ -76,11 +82,26 @@ fn serve(shared: &Shared, stream: UnixStream) {
     let mut reader = BufReader::new(stream);
     // EOF, a read error or a malformed message (oversized payload) all end
     // the connection, as with xenstored.
+    let mut n = 0u64;
     while let Ok(req) = Message::read_from(&mut reader) {
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
-        let (reply, deliveries) = lock(&shared.state).handle(id, &writer, &req);
+        n += 1;
+        shared.arrived.fetch_add(1, Ordering::SeqCst);
+        let verdict = lock(&shared.fault).verdict(n, req.op());
+        let (reply, deliveries) = match verdict {
+            Verdict::Answer => lock(&shared.state).handle(id, &writer, &req),
+            Verdict::Delay(d) => {
+                hold(shared, d);
+                lock(&shared.state).handle(id, &writer, &req)
+            }
+            Verdict::Hangup => break,
+            Verdict::Fail(e) => (
+                Message::strings(Op::Error, req.req_id, req.tx_id, &[e.name().as_bytes()]),
+                Vec::new(),
+            ),
+        };
         if send(&writer, &reply).is_err() {
             break;
         }
@@ -88,6 +109,18 @@ fn serve(shared: &Shared, stream: UnixStream) {
     }
     lock(&shared.state).drop_connection(id);
     lock(&shared.conns).remove(&id);
+}
+
+/// Sleeps for `d`, in slices, so that stopping the simulator is not held up.
+fn hold(shared: &Shared, d: std::time::Duration) {
+    let end = std::time::Instant::now() + d;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        thread::sleep(left.min(std::time::Duration::from_millis(20)));
+    }
 }
 
 fn send(to: &Writer, msg: &Message) -> std::io::Result<()> {

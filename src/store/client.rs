@@ -186,6 +186,18 @@ impl Store {
         &self.origin
     }
 
+    /// This store's name in loop device records: empty for the host's own
+    /// xenstored (the default socket or the xenbus device), else the socket
+    /// XENSTORED_PATH named, so that devices attached for a private store
+    /// (a test's simulator) are never taken for the host's.
+    pub fn identity(&self) -> &str {
+        if self.origin == DEFAULT_SOCKET || self.origin == XENBUS_DEVICE {
+            ""
+        } else {
+            &self.origin
+        }
+    }
+
     /// Bound on any one exchange (a batch counts as one).
     pub fn set_timeout(&self, t: Duration) {
         self.inner.borrow_mut().timeout = t;

@@ -151,6 +151,53 @@ impl Bed {
             .into()
     }
 
+    /// `xen-block-hotplug cleanup` with extra arguments, against this bed's store.
+    pub fn cleanup(&self, args: &[&str]) -> Run {
+        self.command("")
+            .env_remove("XENBUS_PATH")
+            .arg("cleanup")
+            .args(args)
+            .output()
+            .expect("running the binary")
+            .into()
+    }
+
+    /// Runs `action` with a bound on the exchange with the store; a run
+    /// longer than `limit` is killed and reported as code -1 (a hang).
+    pub fn run_bounded(
+        &self,
+        action: &str,
+        backend: &str,
+        store_timeout: &str,
+        limit: std::time::Duration,
+    ) -> Run {
+        let mut child = self
+            .command(backend)
+            .env("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT", store_timeout)
+            .arg(action)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the binary");
+        let end = std::time::Instant::now() + limit;
+        while child.try_wait().expect("waiting for the binary").is_none() {
+            if std::time::Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Run {
+                    code: -1,
+                    stdout: String::new(),
+                    stderr: "hung".into(),
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child
+            .wait_with_output()
+            .expect("collecting the binary's output")
+            .into()
+    }
+
     /// The loop device number a file backend's `node` names.
     pub fn loop_of(&self, backend: &str) -> Option<u32> {
         loopdev::parse_number(&self.node(backend, "node")?)

@@ -1,0 +1,241 @@
+//! `cleanup`: detach the loop devices this tool attached that no backend
+//! references any more. They are left behind when the toolstack dies
+//! between add and remove, when a backend directory is deleted without a
+//! remove (xen-hotplug-cleanup after a crashed domain), or when an add is
+//! killed between attaching and writing `physical-device`.
+//!
+//! A device is ours when the ownership record (see `loopdev`) carries our
+//! `xbh:` tag and names the store we are talking to: devices of another
+//! store (a test's private simulator) and untagged devices (the stock
+//! script's, anyone else's) are never looked at. It is still referenced
+//! when the backend its tag names exists and names it, by `node` or
+//! `physical-device`, with the same `diskseq` when one was written.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::devnum::DevNum;
+use crate::kind::file::TAG_PREFIX;
+use crate::lock;
+use crate::loopdev::{self, LoopStatus};
+use crate::store::Store;
+
+/// What the backend a tag names says now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendView {
+    /// The backend directory exists.
+    pub exists: bool,
+    pub node: Option<String>,
+    pub physical_device: Option<String>,
+    pub diskseq: Option<String>,
+}
+
+/// Why a device is an orphan, or None when its backend still uses it.
+pub fn orphan_reason(device: DevNum, diskseq: Option<u64>, view: &BackendView) -> Option<String> {
+    if !view.exists {
+        return Some("its backend is gone".into());
+    }
+    // physical-device is what blkback opens, written last but one of an
+    // add's single batch: without it the add never finished, whatever
+    // `node` says (a later remove finds the device free, or not ours).
+    let by_pd = view
+        .physical_device
+        .as_deref()
+        .and_then(DevNum::parse)
+        .is_some_and(|d| d == device);
+    if !by_pd {
+        return Some(match &view.physical_device {
+            None => "its backend has no physical-device (an add that did not finish)".into(),
+            Some(p) => format!("its backend now names another device ({p})"),
+        });
+    }
+    let recorded = view
+        .diskseq
+        .as_deref()
+        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+    if let (Some(r), Some(c)) = (recorded, diskseq) {
+        if r != c {
+            return Some(format!(
+                "it was re-attached since its backend was connected (diskseq {c:x}, backend has {r:x})"
+            ));
+        }
+    }
+    None
+}
+
+/// One device cleanup looked at and what it did or would do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub number: u32,
+    pub backend: String,
+    pub backing_file: String,
+    /// Why it is an orphan; None when it is still in use.
+    pub orphan: Option<String>,
+}
+
+/// The loop devices attached for `store`'s backends, with the backend each
+/// serves (the tag without its prefix).
+fn ours(store: &Store) -> Result<Vec<(LoopStatus, String)>> {
+    let mut found = Vec::new();
+    for st in loopdev::all_bound().context("listing loop devices")? {
+        let Some(key) = st.tag.strip_prefix(TAG_PREFIX) else {
+            continue;
+        };
+        // The kernel keeps 63 bytes of a tag: a cut one names no backend
+        // reliably, so it is never judged an orphan.
+        if st.tag.len() >= 63 || key.is_empty() {
+            log::warn!(
+                "/dev/loop{}: tag {:?} may be cut short, left alone",
+                st.number,
+                st.tag
+            );
+            continue;
+        }
+        let key = key.to_owned();
+        if loopdev::recorded_store(st.number)
+            .with_context(|| format!("examining /dev/loop{}", st.number))?
+            != store.identity()
+        {
+            continue;
+        }
+        found.push((st, key));
+    }
+    Ok(found)
+}
+
+fn view(store: &Store, key: &str) -> Result<BackendView> {
+    let nodes = [
+        key.to_owned(),
+        format!("{key}/node"),
+        format!("{key}/physical-device"),
+        format!("{key}/diskseq"),
+    ];
+    let mut v = store
+        .read_many(&nodes)
+        .with_context(|| format!("reading backend {key}"))?
+        .into_iter();
+    let exists = v.next().flatten().is_some();
+    Ok(BackendView {
+        exists,
+        node: v.next().flatten(),
+        physical_device: v.next().flatten(),
+        diskseq: v.next().flatten(),
+    })
+}
+
+/// How cleanup runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Say what would be detached; detach nothing.
+    pub dry_run: bool,
+    pub lock_path: PathBuf,
+    pub lock_timeout: Duration,
+}
+
+/// Finds this store's orphans and detaches them (unless `dry_run`), under
+/// the hotplug lock so that no add or remove is half way meanwhile: an add
+/// attaches and writes `physical-device` under it.
+pub fn run(opts: &Options, store: &Store) -> Result<Vec<Finding>> {
+    let _lock = lock::acquire(&opts.lock_path, opts.lock_timeout).with_context(|| {
+        format!(
+            "waiting for the hotplug lock {} (another hotplug script holds it)",
+            opts.lock_path.display()
+        )
+    })?;
+    let mut findings = Vec::new();
+    for (st, key) in ours(store)? {
+        let n = st.number;
+        let device = std::fs::metadata(format!("/dev/loop{n}"))
+            .map(|m| DevNum::from_rdev(m.rdev()))
+            .with_context(|| format!("examining /dev/loop{n}"))?;
+        let seq = loopdev::diskseq(n).with_context(|| format!("examining /dev/loop{n}"))?;
+        let v = view(store, &key)?;
+        let orphan = orphan_reason(device, seq, &v);
+        if let Some(why) = &orphan {
+            if opts.dry_run {
+                println!("would detach /dev/loop{n} ({}): {why}", st.backing_file);
+            } else {
+                loopdev::detach(n).with_context(|| format!("detaching /dev/loop{n}"))?;
+                println!(
+                    "detached /dev/loop{n} ({}), of {key}: {why}",
+                    st.backing_file
+                );
+                log::info!("cleanup detached /dev/loop{n} ({}): {why}", st.backing_file);
+            }
+        } else {
+            log::debug!("/dev/loop{n} still serves {key}");
+        }
+        findings.push(Finding {
+            number: n,
+            backend: key,
+            backing_file: st.backing_file,
+            orphan,
+        });
+    }
+    if !opts.dry_run {
+        let n = loopdev::prune_pending().context("pruning pending loop records")?;
+        log::debug!("pruned {n} stale pending records");
+    }
+    if findings.iter().all(|f| f.orphan.is_none()) {
+        println!("no orphaned loop devices");
+    }
+    Ok(findings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: DevNum = DevNum { major: 7, minor: 3 };
+
+    fn v(node: Option<&str>, pd: Option<&str>, seq: Option<&str>) -> BackendView {
+        BackendView {
+            exists: true,
+            node: node.map(str::to_owned),
+            physical_device: pd.map(str::to_owned),
+            diskseq: seq.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn referenced_devices_are_kept() {
+        assert_eq!(
+            orphan_reason(
+                D,
+                Some(0x2a),
+                &v(Some("/dev/loop3"), Some("7:3"), Some("2a"))
+            ),
+            None
+        );
+        // A stock-era backend without diskseq, or a kernel without it.
+        assert_eq!(
+            orphan_reason(D, Some(0x2a), &v(None, Some("7:3"), None)),
+            None
+        );
+        assert_eq!(
+            orphan_reason(D, None, &v(None, Some("7:3"), Some("2a"))),
+            None
+        );
+    }
+
+    #[test]
+    fn orphans_are_found() {
+        let gone = BackendView::default();
+        assert!(orphan_reason(D, None, &gone).unwrap().contains("gone"));
+        let unfinished = v(Some("/dev/loop3"), None, None);
+        assert!(orphan_reason(D, None, &unfinished)
+            .unwrap()
+            .contains("did not finish"));
+        let other = v(Some("/dev/loop4"), Some("7:4"), None);
+        assert!(orphan_reason(D, None, &other)
+            .unwrap()
+            .contains("another device"));
+        let reattached = v(Some("/dev/loop3"), Some("7:3"), Some("29"));
+        assert!(orphan_reason(D, Some(0x2a), &reattached)
+            .unwrap()
+            .contains("re-attached"));
+    }
+}

@@ -1,0 +1,110 @@
+//! No time-of-check/time-of-use gap: the image is opened once, checked on
+//! the descriptor and attached through it. Swapped for a directory, another
+//! file, or deleted while the add waits on the store (a held reply), the
+//! device is backed by the inode that was checked, or by nothing; and remove
+//! then leaves nothing behind.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use common::{can_loop, Bed};
+use xen_block_hotplug::loopdev;
+use xen_block_hotplug::sim::{Fault, Which};
+
+/// Bound loop devices backed by (dev, ino), whatever the path now is.
+fn users(dev: u64, ino: u64) -> Vec<loopdev::LoopStatus> {
+    loopdev::users_of(dev, ino).expect("listing loop devices")
+}
+
+fn swap_during_add(name: &str, swap: impl FnOnce(&std::path::Path)) {
+    let bed = Bed::new(name);
+    let img = bed.image("disk.img", 4);
+    let m = std::fs::metadata(&img).unwrap();
+    let (dev, ino) = (m.dev(), m.ino());
+    // A probe add: its last five requests are the one write batch (node,
+    // physical-device-path, diskseq, physical-device, hotplug-status), and
+    // the one before is the re-read of physical-device under the lock, made
+    // after the image was opened and checked and before it is attached.
+    let probe_img = bed.image("probe.img", 4);
+    let probe = bed.backend(4, 51728, "file", probe_img.to_str().unwrap(), "w");
+    let before = bed.sim.requests_arrived();
+    assert_eq!(bed.run("add", &probe).code, 0);
+    let held = bed.sim.requests_arrived() - before - 5;
+    assert_eq!(bed.run("remove", &probe).code, 0);
+
+    let b = bed.backend(5, 51728, "file", img.to_str().unwrap(), "w");
+    bed.sim
+        .set_fault(Fault::Delay(Which::Nth(held), Duration::from_secs(1)));
+    let before = bed.sim.requests_arrived();
+    let mut child = bed
+        .command(&b)
+        .arg("add")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while bed.sim.requests_arrived() < before + held && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the add was not held");
+    assert_eq!(bed.sim.requests_arrived(), before + held);
+    swap(&img);
+    let code = child.wait().unwrap().code();
+    bed.sim.set_fault(Fault::None);
+    if code == Some(0) {
+        // Attached: through the checked inode, never what took its place.
+        let n = bed.loop_of(&b).expect("node names a loop device");
+        let mine = users(dev, ino);
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].number, n);
+        if let Ok(now) = std::fs::metadata(&img) {
+            if now.ino() != ino {
+                assert!(users(now.dev(), now.ino()).is_empty());
+            }
+        }
+    } else {
+        assert_eq!(code, Some(1));
+        assert!(users(dev, ino).is_empty());
+    }
+    assert_eq!(bed.run("remove", &b).code, 0);
+    assert!(
+        users(dev, ino).is_empty(),
+        "the checked image stays attached"
+    );
+}
+
+#[test]
+fn image_replaced_by_a_directory_between_check_and_attach() {
+    if !can_loop("image_replaced_by_a_directory_between_check_and_attach") {
+        return;
+    }
+    swap_during_add("toctou-dir", |img| {
+        std::fs::rename(img, img.with_extension("old")).unwrap();
+        std::fs::create_dir(img).unwrap();
+    });
+}
+
+#[test]
+fn image_replaced_by_another_file_between_check_and_attach() {
+    if !can_loop("image_replaced_by_another_file_between_check_and_attach") {
+        return;
+    }
+    swap_during_add("toctou-file", |img| {
+        std::fs::rename(img, img.with_extension("old")).unwrap();
+        std::fs::File::create(img)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+    });
+}
+
+#[test]
+fn image_deleted_between_check_and_attach() {
+    if !can_loop("image_deleted_between_check_and_attach") {
+        return;
+    }
+    swap_during_add("toctou-gone", |img| std::fs::remove_file(img).unwrap());
+}
