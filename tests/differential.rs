@@ -831,14 +831,19 @@ fn measure_add_remove_cycle() {
         "{} is missing: cargo build --release first",
         release.display()
     );
-    const RUNS: u32 = 30;
+    const RUNS: usize = 30;
     for side in [Side::Ours, Side::Stock] {
         let rig = Rig::new("measure", side);
         let img = rig.bed.image("disk.img", 8);
         let p = img.to_str().expect("utf-8 path");
         let mut times: Vec<Duration> = Vec::new();
-        for i in 0..RUNS {
-            let b = rig.bed.backend(5, 51712 + i, "file", p, "w");
+        // Stock adds that lost the `losetup -f` race to another process
+        // attaching at the same moment; not counted, reported.
+        let mut lost = 0;
+        let mut devid = 51712;
+        while times.len() < RUNS {
+            devid += 1;
+            let b = rig.bed.backend(5, devid, "file", p, "w");
             let t = Instant::now();
             for action in ["add", "remove"] {
                 let code = match side {
@@ -864,7 +869,19 @@ fn measure_add_remove_cycle() {
                             .code()
                     }
                 };
-                assert_eq!(code, Some(0), "{side:?} {action} {b}");
+                let err = rig.bed.node(&b, "hotplug-error").unwrap_or_default();
+                if code != Some(0) && action == "add" && err.starts_with("losetup ") {
+                    lost += 1;
+                    assert!(
+                        lost < 10,
+                        "{side:?}: the losetup race was lost {lost} times"
+                    );
+                    break;
+                }
+                assert_eq!(code, Some(0), "{side:?} {action} {b}: {err}");
+            }
+            if rig.bed.node(&b, "hotplug-error").is_some() {
+                continue;
             }
             times.push(t.elapsed());
             assert!(rig.loops().is_empty(), "{side:?} left a loop device");
@@ -872,7 +889,7 @@ fn measure_add_remove_cycle() {
         times.sort();
         let med = times[times.len() / 2];
         say(&format!(
-            "{side:?}: file add+remove cycle, {RUNS} runs: median {:.2} ms, min {:.2} ms, max {:.2} ms",
+            "{side:?}: file add+remove cycle, {RUNS} runs: median {:.2} ms, min {:.2} ms, max {:.2} ms ({lost} lost losetup races not counted)",
             med.as_secs_f64() * 1e3,
             times[0].as_secs_f64() * 1e3,
             times[times.len() - 1].as_secs_f64() * 1e3
