@@ -181,15 +181,14 @@ impl Rig {
         let Some(n) = loopdev::parse_number(&v) else {
             return Dev::Other(v);
         };
-        match loopdev::status(n).expect("loop status") {
-            None => Dev::FreeLoop,
-            Some(st) => match self.images().get(&(st.backing_dev, st.backing_inode)) {
-                Some(image) => Dev::Loop {
-                    image: image.clone(),
-                    ro: st.read_only,
-                },
-                None => Dev::Other("a loop device backed by a file outside the bed".into()),
-            },
+        let st = loopdev::status(n).expect("loop status");
+        match st.and_then(|st| {
+            self.images()
+                .remove(&(st.backing_dev, st.backing_inode))
+                .map(|image| (image, st.read_only))
+        }) {
+            Some((image, ro)) => Dev::Loop { image, ro },
+            None => Dev::NotTheBeds,
         }
     }
 
@@ -262,8 +261,9 @@ enum Dev {
         image: String,
         ro: bool,
     },
-    /// A loop device with nothing bound.
-    FreeLoop,
+    /// A loop device with nothing bound, or (on a shared machine, right
+    /// after a remove freed it) bound by another process to its own file.
+    NotTheBeds,
     Other(String),
 }
 
