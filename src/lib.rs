@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod cli;
 pub mod devnum;
+pub mod diagnose;
 pub mod exit_codes;
 pub mod hotplug;
 pub mod invocation;
