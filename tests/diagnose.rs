@@ -66,7 +66,7 @@ fn healthy_file_and_phy() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(said(&r).contains("is a block device"), "{}", r.stdout);
     assert!(
-        said(&r).contains("physical-device: matches"),
+        said(&r).contains("physical-device: matches the device params names"),
         "{}",
         r.stdout
     );

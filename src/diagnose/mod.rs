@@ -34,7 +34,7 @@ pub use verdict::Verdict;
 /// Where the vbd backends of dom0 live.
 const SCAN_ROOT: &str = "backend/vbd";
 /// How many log lines about a backend are shown.
-const LOG_LINES: usize = 5;
+const LOG_LINES: usize = 3;
 /// How much of the end of the log is searched.
 const LOG_TAIL_BYTES: u64 = 4 << 20;
 

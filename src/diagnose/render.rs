@@ -193,7 +193,16 @@ fn details(d: &Device, log_file: &str, paint: &Paint) -> String {
         o.push_str(&wrap("    loop device: ", 6, &s));
     }
     if let Some(m) = c.physical_device_matches {
-        let s = if m { "matches" } else { "DOES NOT MATCH" };
+        let what = if c.loop_device.is_some() {
+            "the loop device named by node"
+        } else {
+            "the device params names"
+        };
+        let s = if m {
+            format!("matches {what}")
+        } else {
+            format!("DOES NOT MATCH {what}")
+        };
         o.push_str(&format!("    physical-device: {s}\n"));
     }
     if c.conflicts.is_empty() {

@@ -46,8 +46,13 @@ impl Verdict {
     }
 }
 
-const REATTACH: &str =
-    "detach and re-attach the disk (xl block-detach DOMID DEV, then xl block-attach)";
+/// "detach and re-attach the disk (xl block-detach 5 51728, then xl block-attach 5 ...)".
+fn reattach(d: &Device) -> String {
+    format!(
+        "detach and re-attach the disk (xl block-detach {} {}, then xl block-attach {} ...)",
+        d.domid, d.devid, d.domid
+    )
+}
 const FIX_CONFIG: &str = "fix the disk line of the domain's config, then attach the disk again";
 
 /// "image /disk/a.img" or "device /dev/vg/lv": the thing params names.
@@ -114,7 +119,14 @@ fn conflict_verdict(d: &Device, already: bool) -> Option<Verdict> {
         .clone()
         .unwrap_or_else(|| d.domid.to_string());
     let whom = match (&c.domid, c.user) {
-        (Some(dom), _) => format!("detach it from domain {dom} first (xl block-detach {dom} ...)"),
+        (Some(dom), _) => {
+            let dev = c
+                .backend
+                .as_deref()
+                .and_then(|b| b.rsplit('/').next())
+                .unwrap_or("DEV");
+            format!("detach it from domain {dom} first (xl block-detach {dom} {dev})")
+        }
         (None, _) => format!(
             "unmount {} in dom0 first",
             c.mount_point.as_deref().unwrap_or("it")
@@ -163,13 +175,17 @@ pub fn judge(d: &Device, lock: &LockFacts) -> Verdict {
         Some(other) => Verdict::bad(
             "unknown-status",
             format!("hotplug-status is {other:?}, which no hotplug script writes"),
-            REATTACH,
+            reattach(d),
         ),
     }
 }
 
 fn pending(d: &Device, lock: &LockFacts, params: Option<(String, String)>) -> Verdict {
     let state = d.toolstack.state.as_deref().map(str::trim);
+    // When the script does run it will fail on params: say so now.
+    let also = params
+        .map(|(s, _)| format!("; note that {s}, which must be fixed too"))
+        .unwrap_or_default();
     if matches!(state, Some("5" | "6")) {
         return Verdict::bad(
             "closing",
@@ -200,7 +216,7 @@ fn pending(d: &Device, lock: &LockFacts, params: Option<(String, String)>) -> Ve
                 lock.path
             ),
             format!(
-                "see what pid {} is doing (cat /proc/{}/stack); if it is stuck, kill it and the waiting scripts go on",
+                "see what pid {} is doing (cat /proc/{}/stack); if it is stuck, kill it and the waiting scripts go on{also}",
                 h.pid, h.pid
             ),
         );
@@ -215,9 +231,6 @@ fn pending(d: &Device, lock: &LockFacts, params: Option<(String, String)>) -> Ve
             "check that the xen-blkback module is loaded (modprobe xen-blkback)",
         );
     }
-    let also = params
-        .map(|(s, _)| format!("; then note that {s}"))
-        .unwrap_or_default();
     Verdict::bad(
         "never-ran",
         "the hotplug script never ran (no hotplug-status)".into(),
@@ -262,7 +275,7 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
     let Some(pd) = d.hotplug.physical_device.as_deref() else {
         let (why, action) = match params {
             Some((s, a)) => (format!(" ({s})"), a),
-            None => (String::new(), REATTACH.to_string()),
+            None => (String::new(), reattach(d)),
         };
         return Verdict::bad(
             "no-physical-device",
@@ -286,7 +299,7 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
                     l.device,
                     what(d)
                 ),
-                REATTACH,
+                reattach(d),
             );
         }
         if let Some(why) = &l.not_ours {
@@ -298,7 +311,8 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
                     what(d)
                 ),
                 format!(
-                    "{REATTACH}; do not detach {} by hand, it may serve another disk now",
+                    "{}; do not detach {} by hand, it may serve another disk now",
+                    reattach(d),
                     l.device
                 ),
             );
@@ -318,7 +332,7 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
                 "physical-device {pd} is not the device prepared for the {} ({actual})",
                 what(d)
             ),
-            REATTACH,
+            reattach(d),
         );
     }
     if let Some(l) = &d.checks.loop_device {
@@ -334,7 +348,7 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
                         d.toolstack.mode.as_deref().unwrap_or(""),
                         rw(l.read_only_expected)
                     ),
-                    REATTACH,
+                    reattach(d),
                 );
             }
         }
