@@ -393,3 +393,41 @@ fn bad_target_is_usage() {
         r.stdout
     );
 }
+
+#[test]
+fn lock_kept_by_a_child_of_an_exited_taker() {
+    if !can_loop("lock_kept_by_a_child_of_an_exited_taker") {
+        return;
+    }
+    let bed = Bed::new("diag-lock-child");
+    let img = bed.image("a.img", 8);
+    let b = bed.backend(5, 51728, "file", img.to_str().unwrap(), "w");
+    // flock(1) takes the lock and runs sh, whose background sleep inherits
+    // the descriptor; flock and sh exit, the sleep keeps the lock.
+    let out = std::process::Command::new("flock")
+        .arg(&bed.lock)
+        .args(["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"])
+        .output()
+        .unwrap();
+    let child: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.0);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let _kill = Kill(child);
+    let r = bed.diagnose(&[&b]);
+    assert_eq!(r.code, 1);
+    assert!(
+        said(&r).contains("which took it, has exited"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        said(&r).contains(&format!("pid {child} (sleep 60) inherited it")),
+        "{}",
+        r.stdout
+    );
+}

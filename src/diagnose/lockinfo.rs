@@ -20,6 +20,18 @@ pub struct Holder {
     pub command: Option<String>,
     /// Queued behind the holder rather than holding.
     pub waiting: bool,
+    /// The process still exists. /proc/locks names the process that took
+    /// the lock; a child that inherited the descriptor keeps it after that
+    /// process exits (a hotplug script's background job, say).
+    pub alive: bool,
+}
+
+/// A process that has the lock file open (so may be the one keeping a lock
+/// whose taker has exited).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Opener {
+    pub pid: u32,
+    pub command: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -28,6 +40,8 @@ pub struct LockFacts {
     /// free (no file, or nobody locks it) or held.
     pub state: &'static str,
     pub holders: Vec<Holder>,
+    /// Processes with the lock file open, found through /proc/PID/fd.
+    pub open_by: Vec<Opener>,
     /// When the lock file was created (Unix seconds).
     pub since_unix: Option<i64>,
     /// Seconds since then.
@@ -88,6 +102,39 @@ fn command(pid: u32) -> Option<String> {
     Some(s)
 }
 
+/// Processes with (dev, ino) open, from /proc/PID/fd; unreadable ones are
+/// skipped.
+fn openers(dev: u64, ino: u64) -> Vec<Opener> {
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let open = fds.flatten().any(|fd| {
+            std::fs::metadata(fd.path())
+                .map(|m| (m.dev(), m.ino()) == (dev, ino))
+                .unwrap_or(false)
+        });
+        if open {
+            out.push(Opener {
+                pid,
+                command: command(pid),
+            });
+        }
+    }
+    out
+}
+
 /// Examines the lock at `path`. Never creates or locks it.
 pub fn examine(path: &Path) -> LockFacts {
     let mut f = LockFacts {
@@ -106,11 +153,13 @@ pub fn examine(path: &Path) -> LockFacts {
                 pid,
                 command: command(pid),
                 waiting,
+                alive: Path::new(&format!("/proc/{pid}")).exists(),
             });
         }
     }
     if f.holder().is_some() {
         f.state = "held";
+        f.open_by = openers(m.dev(), m.ino());
         f.since_unix = Some(m.ctime());
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

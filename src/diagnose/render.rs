@@ -244,11 +244,23 @@ fn lock_line(l: &LockFacts) -> String {
                 .as_deref()
                 .map(|c| format!(" ({c})"))
                 .unwrap_or_default();
+            let gone = if h.alive { "" } else { " (exited)" };
+            let kept: Vec<String> = l
+                .open_by
+                .iter()
+                .filter(|o| o.pid != h.pid)
+                .map(|o| o.pid.to_string())
+                .collect();
+            let kept = if kept.is_empty() {
+                String::new()
+            } else {
+                format!("; open in pid {}", kept.join(", "))
+            };
             wrap(
                 "hotplug lock: ",
                 4,
                 &format!(
-                    "{} is held by pid {}{cmd}{since}, {} waiting",
+                    "{} is held by pid {}{cmd}{gone}{since}, {} waiting{kept}",
                     l.path,
                     h.pid,
                     l.waiters()

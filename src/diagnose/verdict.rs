@@ -209,6 +209,37 @@ fn pending(d: &Device, lock: &LockFacts, params: Option<(String, String)>) -> Ve
             0 => String::new(),
             n => format!(", with {n} more waiting"),
         };
+        if !h.alive {
+            let keepers: Vec<String> = lock
+                .open_by
+                .iter()
+                .map(|o| match &o.command {
+                    Some(c) => format!("pid {} ({c})", o.pid),
+                    None => format!("pid {}", o.pid),
+                })
+                .collect();
+            let (who_now, act) = if keepers.is_empty() {
+                (
+                    "no process that can be seen here".to_string(),
+                    format!("fuser -v {} finds it", lock.path),
+                )
+            } else {
+                (
+                    keepers.join(", "),
+                    "see what it is doing; if it is stuck, kill it and the waiting scripts go on"
+                        .to_string(),
+                )
+            };
+            return Verdict::bad(
+                "waiting-for-lock",
+                format!(
+                    "the hotplug script has not finished: the hotplug lock {} has been held{since}{queue}; \
+                     pid {}, which took it, has exited, and {who_now} inherited it",
+                    lock.path, h.pid
+                ),
+                format!("{act}{also}"),
+            );
+        }
         return Verdict::bad(
             "waiting-for-lock",
             format!(
