@@ -234,6 +234,20 @@ fn backend_inv(path: &str) -> Option<Invocation> {
     Invocation::new(Action::Add, &vars).ok()
 }
 
+/// Requests per round trip. Store::batch sends a whole batch before
+/// reading any reply: thousands at once (a host's every node) fill both
+/// socket buffers and the exchange stalls until the timeout.
+const CHUNK: usize = 256;
+
+/// read_many in round trips of at most CHUNK reads.
+fn read_chunked<S: AsRef<str>>(store: &Store, paths: &[S]) -> std::io::Result<Vec<Option<String>>> {
+    let mut out = Vec::with_capacity(paths.len());
+    for c in paths.chunks(CHUNK) {
+        out.extend(store.read_many(c)?);
+    }
+    Ok(out)
+}
+
 /// The backends the scope names, from the store.
 fn backends(store: &Store, scope: &Scope) -> Result<Vec<Invocation>> {
     let doms: Vec<String> = match scope {
@@ -267,9 +281,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         .iter()
         .flat_map(|i| NODES.iter().map(move |n| i.node(n)))
         .collect();
-    let values = store
-        .read_many(&paths)
-        .context("reading the backends from xenstore")?;
+    let values = read_chunked(store, &paths).context("reading the backends from xenstore")?;
     let mut raw: Vec<(Invocation, HashMap<&str, String>)> = Vec::new();
     for (i, chunk) in invs.into_iter().zip(values.chunks(NODES.len())) {
         let m = NODES
@@ -290,8 +302,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         })
         .collect();
     let asked: Vec<&String> = fe_paths.iter().flatten().collect();
-    let mut answers = store
-        .read_many(&asked)
+    let mut answers = read_chunked(store, &asked)
         .unwrap_or_else(|_| vec![None; asked.len()])
         .into_iter();
     let fe_states: Vec<Option<String>> = fe_paths
