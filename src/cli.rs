@@ -74,6 +74,19 @@ pub enum Command {
     /// store references any more (after a toolstack crash, or from a timer);
     /// never touches a device it did not attach
     Cleanup,
+    /// Explain why a disk could not be connected (read-only): TARGET is a
+    /// backend (backend/vbd/5/51728), a domain id, or nothing for every
+    /// vbd backend of this host. Exit status 0 when all are healthy, 1 if not
+    Diagnose {
+        /// A backend path (relative or absolute), a domain id, or nothing
+        target: Option<String>,
+        /// The facts and verdicts as JSON
+        #[arg(long)]
+        json: bool,
+        /// The hotplug log to search for lines about each backend
+        #[arg(long, value_name = "PATH", default_value = crate::logging::LOG_FILE)]
+        log_file: PathBuf,
+    },
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod cleanup;
 pub mod cli;
 pub mod devnum;
+pub mod diagnose;
 pub mod exit_codes;
 pub mod hotplug;
 pub mod invocation;

@@ -8,7 +8,7 @@ use xen_block_hotplug::exit_codes::ExitCode;
 use xen_block_hotplug::hotplug::{self, Job};
 use xen_block_hotplug::invocation::{self, Action, Invocation, Vars};
 use xen_block_hotplug::store::Store;
-use xen_block_hotplug::{cleanup, logging, selftest};
+use xen_block_hotplug::{cleanup, diagnose, logging, selftest};
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!("xen-block-hotplug: {msg}");
@@ -63,6 +63,21 @@ fn main_code() -> ExitCode {
                     ExitCode::Failure
                 }
             };
+        }
+        Some(Command::Diagnose {
+            target,
+            json,
+            log_file,
+        }) => {
+            let scope = match diagnose::Scope::parse(target.as_deref()) {
+                Ok(s) => s,
+                Err(e) => return usage(&e),
+            };
+            let opts = diagnose::Options {
+                lock_file: cli.lock_file.clone(),
+                log_file: log_file.clone(),
+            };
+            return diagnose::main(&scope, &opts, *json);
         }
         Some(Command::Add) => Action::Add,
         Some(Command::Remove) => Action::Remove,

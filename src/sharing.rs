@@ -114,7 +114,8 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn mounts() -> Result<Vec<Mount>> {
+/// dom0's mounts, from /proc/self/mountinfo.
+pub fn mounts() -> Result<Vec<Mount>> {
     let text =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(parse_mountinfo(&text))
@@ -143,7 +144,8 @@ pub fn same_vm(me: &DomVm, other: &DomVm) -> bool {
     eq(mine, ov) || eq(tv, ov) || eq(mine, otv) || eq(tv, otv)
 }
 
-fn read_vms(store: &Store, doms: &[u32]) -> Result<HashMap<u32, DomVm>> {
+/// The `vm` (and target's `vm`) of each domain, in two round trips.
+pub fn read_vms(store: &Store, doms: &[u32]) -> Result<HashMap<u32, DomVm>> {
     let paths: Vec<String> = doms
         .iter()
         .flat_map(|d| {
@@ -199,12 +201,20 @@ fn read_vms(store: &Store, doms: &[u32]) -> Result<HashMap<u32, DomVm>> {
 /// `devices`, found in three pipelined round trips (domains, their devices,
 /// every `physical-device`) plus one for the matches' modes.
 pub fn guest_users(store: &Store, inv: &Invocation, devices: &[DevNum]) -> Result<Vec<User>> {
-    let ctx = || format!("scanning the other backends under {}", inv.scan_root);
-    let doms = store.directory(&inv.scan_root).with_context(ctx)?;
-    let dom_paths: Vec<String> = doms
-        .iter()
-        .map(|d| format!("{}/{d}", inv.scan_root))
-        .collect();
+    users_under(store, &inv.scan_root, Some(&inv.backend), devices)
+}
+
+/// Every backend under `scan_root` (but `skip`) whose `physical-device` is
+/// one of `devices`: one scan serves many devices (diagnose of a whole host).
+pub fn users_under(
+    store: &Store,
+    scan_root: &str,
+    skip: Option<&str>,
+    devices: &[DevNum],
+) -> Result<Vec<User>> {
+    let ctx = || format!("scanning the other backends under {scan_root}");
+    let doms = store.directory(scan_root).with_context(ctx)?;
+    let dom_paths: Vec<String> = doms.iter().map(|d| format!("{scan_root}/{d}")).collect();
     let reqs: Vec<Request<'_>> = dom_paths.iter().map(|p| Request::Directory(p)).collect();
     let devs = store.batch(&reqs).with_context(ctx)?;
     let mut backends = Vec::new();
@@ -214,7 +224,7 @@ pub fn guest_users(store: &Store, inv: &Invocation, devices: &[DevNum]) -> Resul
         };
         for dev in list.list() {
             let b = format!("{dp}/{dev}");
-            if b != inv.backend {
+            if Some(b.as_str()) != skip {
                 backends.push((domid, b));
             }
         }

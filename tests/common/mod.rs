@@ -162,6 +162,25 @@ impl Bed {
             .into()
     }
 
+    /// `diagnose ARGS` against the bed's store, lock and hotplug log
+    /// (`dir/xen-hotplug.log`).
+    pub fn diagnose(&self, args: &[&str]) -> Run {
+        Command::new(BIN)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("XENSTORED_PATH", self.sim.socket_path())
+            .env("XEN_BLOCK_HOTPLUG_LOCK", &self.lock)
+            .env("XEN_SCRIPT_DIR", &self.script_dir)
+            .arg("diagnose")
+            .arg("--log-file")
+            .arg(self.dir.join("xen-hotplug.log"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the binary")
+            .into()
+    }
+
     /// Runs `action` with a bound on the exchange with the store; a run
     /// longer than `limit` is killed and reported as code -1 (a hang).
     pub fn run_bounded(

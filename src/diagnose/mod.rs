@@ -1,0 +1,739 @@
+//! `diagnose`: why a disk "could not be connected", from the nodes the
+//! toolstack wrote down to the loop device, in one read-only pass.
+//!
+//! Gathering (this file) reads xenstore in a few pipelined round trips,
+//! looks at `params`, the loop devices, dom0's mounts, /proc/locks and the
+//! hotplug log; `verdict` turns the facts into one sentence and what to do;
+//! `render` prints them for a person (80 columns) or as JSON. Nothing is
+//! written, no lock is taken, no loop device is attached or detached.
+
+pub mod lockinfo;
+pub mod render;
+pub mod verdict;
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::devnum::DevNum;
+use crate::exit_codes::ExitCode;
+use crate::invocation::{Action, Invocation, Vars};
+use crate::kind::{self, file, Target};
+use crate::loopdev;
+use crate::mode::Mode;
+use crate::sharing::{self, DomVm, User};
+use crate::store::{Request, Store};
+
+pub use lockinfo::LockFacts;
+pub use verdict::Verdict;
+
+/// Where the vbd backends of dom0 live.
+const SCAN_ROOT: &str = "backend/vbd";
+/// How many log lines about a backend are shown.
+const LOG_LINES: usize = 3;
+/// How much of the end of the log is searched.
+const LOG_TAIL_BYTES: u64 = 4 << 20;
+
+/// What `diagnose` was asked about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One backend, with every detail.
+    Backend(Invocation),
+    /// Every vbd backend of one frontend domain.
+    Domain(u32),
+    /// Every vbd backend of this host.
+    Host,
+}
+
+impl Scope {
+    /// Reads TARGET: nothing, a domain id, or a backend path (relative to
+    /// dom0's home or absolute). Err is a usage message.
+    pub fn parse(target: Option<&str>) -> Result<Scope, String> {
+        let Some(t) = target else {
+            return Ok(Scope::Host);
+        };
+        if !t.is_empty() && t.len() <= 5 && t.bytes().all(|c| c.is_ascii_digit()) {
+            return t
+                .parse()
+                .map(Scope::Domain)
+                .map_err(|_| format!("{t:?} is not a domain id"));
+        }
+        backend_inv(t).map(Scope::Backend).ok_or_else(|| {
+            format!(
+                "TARGET {t:?} is neither a vbd backend (backend/vbd/DOMID/DEVID, \
+                 relative or absolute) nor a domain id"
+            )
+        })
+    }
+}
+
+/// Options of one diagnose run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub lock_file: PathBuf,
+    pub log_file: PathBuf,
+}
+
+/// What the toolstack wrote.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Toolstack {
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    pub params: Option<String>,
+    pub mode: Option<String>,
+    pub frontend_id: Option<String>,
+    pub frontend: Option<String>,
+    pub dev: Option<String>,
+    pub state: Option<String>,
+    pub state_name: Option<&'static str>,
+    pub frontend_state: Option<String>,
+    pub frontend_state_name: Option<&'static str>,
+}
+
+/// What the hotplug script wrote.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Hotplug {
+    pub status: Option<String>,
+    pub error: Option<String>,
+    pub physical_device: Option<String>,
+    pub physical_device_path: Option<String>,
+    pub node: Option<String>,
+    pub diskseq: Option<String>,
+}
+
+/// What `params` is, now.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ParamsCheck {
+    pub ok: bool,
+    /// file, phy, empty, helper, or invalid.
+    pub kind: &'static str,
+    /// The path `params` resolves to.
+    pub path: Option<String>,
+    /// What is wrong with it, as a phrase following the path or alone.
+    pub problem: Option<String>,
+    /// The block device's number (phy).
+    pub device: Option<String>,
+}
+
+/// The loop device `node` names (file backends).
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct LoopCheck {
+    pub device: String,
+    /// Bound to a file at all.
+    pub bound: bool,
+    /// Its number as `physical-device` spells it.
+    pub device_number: Option<String>,
+    pub backing_file: Option<String>,
+    /// Backed by the image `params` names (device + inode); None when the
+    /// image cannot be examined.
+    pub backs_image: Option<bool>,
+    /// Why it no longer serves this backend, if it does not.
+    pub not_ours: Option<String>,
+    pub read_only: Option<bool>,
+    pub read_only_expected: bool,
+    /// The device's diskseq now, in hex.
+    pub diskseq: Option<String>,
+}
+
+/// Someone else using the same device in a conflicting mode.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Conflict {
+    /// guest or mount.
+    pub user: &'static str,
+    pub domid: Option<u32>,
+    pub backend: Option<String>,
+    pub mount_point: Option<String>,
+    pub writable: bool,
+    /// "used read-write by domain 7 (backend/vbd/7/51712)".
+    pub description: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Checks {
+    pub params: Option<ParamsCheck>,
+    #[serde(rename = "loop")]
+    pub loop_device: Option<LoopCheck>,
+    /// `physical-device` equals the device actually prepared (the loop
+    /// device for file, params' device for phy); None when not applicable.
+    pub physical_device_matches: Option<bool>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Everything known about one backend.
+#[derive(Clone, Debug, Serialize)]
+pub struct Device {
+    /// Relative to its domain's home, e.g. backend/vbd/5/51728.
+    pub backend: String,
+    pub domid: u32,
+    pub devid: u32,
+    /// False when the store has no such backend.
+    pub exists: bool,
+    pub toolstack: Toolstack,
+    pub hotplug: Hotplug,
+    pub checks: Checks,
+    /// The last lines of the hotplug log about this backend.
+    pub log: Vec<String>,
+    pub verdict: Verdict,
+    #[serde(skip)]
+    pub inv: Invocation,
+}
+
+/// The answer of one diagnose run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// backend, domain or host.
+    pub scope: &'static str,
+    pub healthy: bool,
+    pub lock: LockFacts,
+    pub devices: Vec<Device>,
+}
+
+/// xenbus state names (xen/include/public/io/xenbus.h).
+pub fn state_name(s: &str) -> Option<&'static str> {
+    Some(match s.trim() {
+        "0" => "Unknown",
+        "1" => "Initialising",
+        "2" => "InitWait",
+        "3" => "Initialised",
+        "4" => "Connected",
+        "5" => "Closing",
+        "6" => "Closed",
+        "7" => "Reconfiguring",
+        "8" => "Reconfigured",
+        _ => return None,
+    })
+}
+
+const NODES: [&str; 14] = [
+    "type",
+    "params",
+    "mode",
+    "frontend-id",
+    "frontend",
+    "dev",
+    "state",
+    "hotplug-status",
+    "hotplug-error",
+    "physical-device",
+    "physical-device-path",
+    "node",
+    "diskseq",
+    "online",
+];
+
+/// A vbd backend path as the hotplug script would be given it.
+fn backend_inv(path: &str) -> Option<Invocation> {
+    let mut vars = Vars::default();
+    vars.set("XENBUS_PATH", path);
+    vars.set("XENBUS_TYPE", "vbd");
+    vars.set("XENBUS_BASE_PATH", "backend");
+    Invocation::new(Action::Add, &vars).ok()
+}
+
+/// Requests per round trip. Store::batch sends a whole batch before
+/// reading any reply: thousands at once (a host's every node) fill both
+/// socket buffers and the exchange stalls until the timeout.
+const CHUNK: usize = 256;
+
+/// read_many in round trips of at most CHUNK reads.
+fn read_chunked<S: AsRef<str>>(store: &Store, paths: &[S]) -> std::io::Result<Vec<Option<String>>> {
+    let mut out = Vec::with_capacity(paths.len());
+    for c in paths.chunks(CHUNK) {
+        out.extend(store.read_many(c)?);
+    }
+    Ok(out)
+}
+
+/// The backends the scope names, from the store.
+fn backends(store: &Store, scope: &Scope) -> Result<Vec<Invocation>> {
+    let doms: Vec<String> = match scope {
+        Scope::Backend(inv) => return Ok(vec![inv.clone()]),
+        Scope::Domain(d) => vec![d.to_string()],
+        Scope::Host => store
+            .directory(SCAN_ROOT)
+            .context("listing the vbd backends")?,
+    };
+    let dom_paths: Vec<String> = doms.iter().map(|d| format!("{SCAN_ROOT}/{d}")).collect();
+    let reqs: Vec<Request<'_>> = dom_paths.iter().map(|p| Request::Directory(p)).collect();
+    let lists = store.batch(&reqs).context("listing the vbd backends")?;
+    let mut out: Vec<Invocation> = dom_paths
+        .iter()
+        .zip(lists)
+        .flat_map(|(dp, l)| {
+            l.list()
+                .into_iter()
+                .filter_map(|dev| backend_inv(&format!("{dp}/{dev}")))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort_by_key(|i| (i.domid, i.devid));
+    Ok(out)
+}
+
+/// Gathers the facts and verdicts for `scope`. Read-only.
+pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
+    let invs = backends(store, scope)?;
+    let paths: Vec<String> = invs
+        .iter()
+        .flat_map(|i| NODES.iter().map(move |n| i.node(n)))
+        .collect();
+    let values = read_chunked(store, &paths).context("reading the backends from xenstore")?;
+    let mut raw: Vec<(Invocation, HashMap<&str, String>)> = Vec::new();
+    for (i, chunk) in invs.into_iter().zip(values.chunks(NODES.len())) {
+        let m = NODES
+            .iter()
+            .zip(chunk)
+            .filter_map(|(n, v)| v.clone().map(|v| (*n, v)))
+            .collect();
+        raw.push((i, m));
+    }
+    // The frontends' states, in one more round trip. Only plausible paths
+    // are asked for: one EINVAL would fail the whole batch.
+    let fe_paths: Vec<Option<String>> = raw
+        .iter()
+        .map(|(_, m)| {
+            m.get("frontend")
+                .filter(|f| plausible_path(f))
+                .map(|f| format!("{f}/state"))
+        })
+        .collect();
+    let asked: Vec<&String> = fe_paths.iter().flatten().collect();
+    let mut answers = read_chunked(store, &asked)
+        .unwrap_or_else(|_| vec![None; asked.len()])
+        .into_iter();
+    let fe_states: Vec<Option<String>> = fe_paths
+        .iter()
+        .map(|p| p.as_ref().and_then(|_| answers.next().flatten()))
+        .collect();
+
+    let lock = lockinfo::examine(&opts.lock_file);
+    let log_tail = read_log_tail(&opts.log_file);
+    let mounts = sharing::mounts().unwrap_or_default();
+
+    let mut devices: Vec<Device> = Vec::new();
+    let mut wanted: Vec<Vec<DevNum>> = Vec::new();
+    for ((inv, m), fe_state) in raw.into_iter().zip(fe_states) {
+        let get = |k: &str| m.get(k).cloned();
+        let toolstack = Toolstack {
+            ty: get("type"),
+            params: get("params"),
+            mode: get("mode"),
+            frontend_id: get("frontend-id"),
+            frontend: get("frontend"),
+            dev: get("dev"),
+            state_name: m.get("state").and_then(|s| state_name(s)),
+            state: get("state"),
+            frontend_state_name: fe_state.as_deref().and_then(state_name),
+            frontend_state: fe_state,
+        };
+        let hotplug = Hotplug {
+            status: get("hotplug-status"),
+            error: get("hotplug-error"),
+            physical_device: get("physical-device"),
+            physical_device_path: get("physical-device-path"),
+            node: get("node"),
+            diskseq: get("diskseq"),
+        };
+        let exists = !m.is_empty();
+        let (checks, devs) = if exists {
+            check(&inv, &toolstack, &hotplug)
+        } else {
+            (Checks::default(), Vec::new())
+        };
+        let log = log_lines(&log_tail, &inv);
+        devices.push(Device {
+            backend: inv.key.clone(),
+            domid: inv.domid,
+            devid: inv.devid,
+            exists,
+            toolstack,
+            hotplug,
+            checks,
+            log,
+            verdict: Verdict::default(),
+            inv,
+        });
+        wanted.push(devs);
+    }
+
+    // Other users of each device: one scan of every backend for all of them.
+    let mut all: Vec<DevNum> = wanted.iter().flatten().copied().collect();
+    all.sort_by_key(|d| (d.major, d.minor));
+    all.dedup();
+    let users = if all.is_empty() {
+        Vec::new()
+    } else {
+        sharing::users_under(store, SCAN_ROOT, None, &all)?
+    };
+    let mut doms: Vec<u32> = users
+        .iter()
+        .filter_map(|u| match u {
+            User::Guest { domid, .. } => Some(*domid),
+            User::Mount { .. } => None,
+        })
+        .chain(devices.iter().map(frontend_domid))
+        .collect();
+    doms.sort_unstable();
+    doms.dedup();
+    let vms = if users.is_empty() {
+        HashMap::new()
+    } else {
+        sharing::read_vms(store, &doms)?
+    };
+    for (d, devs) in devices.iter_mut().zip(&wanted) {
+        d.checks.conflicts = conflicts(d, devs, &users, &mounts, &vms);
+        d.verdict = verdict::judge(d, &lock);
+    }
+    Ok(Report {
+        scope: match scope {
+            Scope::Backend(_) => "backend",
+            Scope::Domain(_) => "domain",
+            Scope::Host => "host",
+        },
+        // A domain without disks is a finding; a host without any is not.
+        healthy: devices.iter().all(|d| d.verdict.healthy)
+            && !(devices.is_empty() && matches!(scope, Scope::Domain(_))),
+        lock,
+        devices,
+    })
+}
+
+/// An absolute xenstore path of plain characters (what a frontend is).
+fn plausible_path(p: &str) -> bool {
+    p.starts_with('/')
+        && p.len() < 256
+        && p.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"/-_@".contains(&c))
+}
+
+fn frontend_domid(d: &Device) -> u32 {
+    d.toolstack
+        .frontend_id
+        .as_deref()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(d.domid)
+}
+
+fn mode_of(t: &Toolstack) -> Mode {
+    Mode::parse(t.mode.as_deref().unwrap_or(""))
+}
+
+/// Checks one backend; also returns the devices whose other users matter.
+fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug) -> (Checks, Vec<DevNum>) {
+    let mode = mode_of(t);
+    let ty = t.ty.as_deref().unwrap_or("");
+    let params = t.params.as_deref().unwrap_or("");
+    let mut c = Checks::default();
+    let mut devs = Vec::new();
+    let mut image: Option<(u64, u64)> = None;
+    let mut phy_dev: Option<DevNum> = None;
+    // Read-only classification: the image is opened read-only whatever the
+    // mode (write permission is checked from the mode bits instead).
+    let pc = match kind::classify(ty, params, Mode::ReadOnly, &inv.script_dir) {
+        Ok(Target::Empty) => ParamsCheck {
+            ok: true,
+            kind: "empty",
+            ..Default::default()
+        },
+        Ok(Target::Helper { ty, script }) => {
+            let exists = script.is_file();
+            ParamsCheck {
+                ok: exists,
+                kind: "helper",
+                path: Some(script.display().to_string()),
+                problem: (!exists).then(|| format!("has no helper script for type {ty:?}")),
+                device: None,
+            }
+        }
+        Ok(Target::Phy { path, stat }) => {
+            let d = DevNum::from_rdev(stat.st_rdev);
+            phy_dev = Some(d);
+            ParamsCheck {
+                ok: true,
+                kind: "phy",
+                path: Some(path.display().to_string()),
+                problem: None,
+                device: Some(d.to_node()),
+            }
+        }
+        Ok(Target::File { path, stat, .. }) => {
+            image = Some((stat.st_dev, stat.st_ino));
+            let ro = mode.writable() && stat.st_mode & 0o222 == 0;
+            ParamsCheck {
+                ok: !ro,
+                kind: "file",
+                path: Some(path.display().to_string()),
+                problem: ro.then(|| "is read-only, but the disk's mode is read-write".to_string()),
+                device: None,
+            }
+        }
+        Err(e) => ParamsCheck {
+            ok: false,
+            kind: "invalid",
+            path: params.starts_with('/').then(|| params.to_string()),
+            problem: Some(e.to_string()),
+            device: None,
+        },
+    };
+    let recorded_pd = h.physical_device.as_deref().and_then(DevNum::parse);
+    devs.extend(recorded_pd);
+    if let Some(d) = phy_dev {
+        devs.push(d);
+        c.physical_device_matches = recorded_pd.map(|r| r == d);
+    }
+    if let Some((dev, ino)) = image {
+        // Every loop device on the image, as the add's sharing check sees it.
+        for st in loopdev::users_of(dev, ino).unwrap_or_default() {
+            if let Ok(m) = std::fs::metadata(format!("/dev/loop{}", st.number)) {
+                devs.push(DevNum::from_rdev(m.rdev()));
+            }
+        }
+    }
+    if let Some(node) = h.node.as_deref() {
+        let lc = check_loop(inv, node, h, image, mode);
+        if let Some(n) = lc.device_number.as_deref().and_then(DevNum::parse) {
+            devs.push(n);
+            c.physical_device_matches = recorded_pd.map(|r| r == n);
+        }
+        c.loop_device = Some(lc);
+    }
+    c.params = Some(pc);
+    devs.sort_by_key(|d| (d.major, d.minor));
+    devs.dedup();
+    (c, devs)
+}
+
+fn check_loop(
+    inv: &Invocation,
+    node: &str,
+    h: &Hotplug,
+    image: Option<(u64, u64)>,
+    mode: Mode,
+) -> LoopCheck {
+    let mut lc = LoopCheck {
+        device: node.to_string(),
+        read_only_expected: !mode.writable(),
+        ..Default::default()
+    };
+    let Some(n) = loopdev::parse_number(node) else {
+        lc.not_ours = Some(format!("{node} is not a loop device"));
+        return lc;
+    };
+    lc.device_number = std::fs::metadata(format!("/dev/loop{n}"))
+        .ok()
+        .map(|m| DevNum::from_rdev(m.rdev()).to_node());
+    let st = match loopdev::status(n) {
+        Ok(Some(st)) => st,
+        Ok(None) => {
+            lc.not_ours = Some("it is not attached to any file".into());
+            return lc;
+        }
+        Err(e) => {
+            lc.not_ours = Some(format!("it cannot be examined: {e}"));
+            return lc;
+        }
+    };
+    let current = loopdev::diskseq(n).ok().flatten();
+    let recorded = h
+        .diskseq
+        .as_deref()
+        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+    lc.bound = true;
+    lc.backing_file = Some(st.backing_file.clone());
+    lc.read_only = Some(st.read_only);
+    lc.diskseq = current.map(|s| format!("{s:x}"));
+    lc.backs_image = image.map(|id| id == (st.backing_dev, st.backing_inode));
+    let decision = file::decide(&st, &file::tag(&inv.key), recorded, current, image);
+    // Another backing file is the plainest reason to give; the tag and the
+    // diskseq tell the rest.
+    lc.not_ours = match (lc.backs_image, decision) {
+        (Some(false), _) => Some(format!("it is backed by {} now", st.backing_file)),
+        (_, file::Decision::Leave(why)) => Some(why),
+        (_, file::Decision::Detach) => None,
+    };
+    lc
+}
+
+fn conflicts(
+    d: &Device,
+    devs: &[DevNum],
+    users: &[User],
+    mounts: &[sharing::Mount],
+    vms: &HashMap<u32, DomVm>,
+) -> Vec<Conflict> {
+    let mode = mode_of(&d.toolstack);
+    if mode == Mode::Unchecked || devs.is_empty() {
+        return Vec::new();
+    }
+    let want_write = mode.writable();
+    let none = DomVm::default();
+    let me = vms.get(&frontend_domid(d)).unwrap_or(&none);
+    let mut out = Vec::new();
+    for m in mounts {
+        if devs.contains(&m.device) && (want_write || m.writable) {
+            let u = User::Mount {
+                device: m.device,
+                point: m.point.clone(),
+                writable: m.writable,
+            };
+            out.push(Conflict {
+                user: "mount",
+                domid: None,
+                backend: None,
+                mount_point: Some(m.point.clone()),
+                writable: m.writable,
+                description: u.describe(),
+            });
+        }
+    }
+    for u in users {
+        let User::Guest {
+            device,
+            domid,
+            backend,
+            writable,
+        } = u
+        else {
+            continue;
+        };
+        if *backend == d.inv.backend || !devs.contains(device) {
+            continue;
+        }
+        if !(want_write || *writable) || sharing::same_vm(me, vms.get(domid).unwrap_or(&none)) {
+            continue;
+        }
+        out.push(Conflict {
+            user: "guest",
+            domid: Some(*domid),
+            backend: Some(backend.clone()),
+            mount_point: None,
+            writable: *writable,
+            description: u.describe(),
+        });
+    }
+    out
+}
+
+/// The end of the hotplug log (it may be large); empty when unreadable.
+fn read_log_tail(path: &Path) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(LOG_TAIL_BYTES);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(LOG_TAIL_BYTES).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    // A cut first line is dropped.
+    match (start > 0, text.split_once('\n')) {
+        (true, Some((_, rest))) => rest.to_string(),
+        _ => text,
+    }
+}
+
+/// Whether a log line is about backend `key`: ours are prefixed with the
+/// key ("backend/vbd/5/51728: ..."), the stock script's carry
+/// XENBUS_PATH=... (relative or absolute); a longer device id must not match.
+pub fn mentions(line: &str, key: &str) -> bool {
+    line.match_indices(key).any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + key.len()..].chars().next();
+        matches!(before, None | Some('/' | '=' | ' ' | '"' | '\''))
+            && !matches!(after, Some(c) if c.is_ascii_digit() || c == '/')
+    })
+}
+
+fn log_lines(tail: &str, inv: &Invocation) -> Vec<String> {
+    let mut v: Vec<String> = tail
+        .lines()
+        .filter(|l| mentions(l, &inv.key))
+        .map(str::to_string)
+        .collect();
+    let cut = v.len().saturating_sub(LOG_LINES);
+    v.drain(..cut);
+    v
+}
+
+/// The `diagnose` command: prints the report, returns the exit status (0
+/// when every device examined is healthy).
+pub fn main(scope: &Scope, opts: &Options, as_json: bool) -> ExitCode {
+    let report = Store::open()
+        .map_err(anyhow::Error::from)
+        .and_then(|store| run(&store, scope, opts));
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("xen-block-hotplug diagnose: {e:#}");
+            return ExitCode::Failure;
+        }
+    };
+    let out = if as_json {
+        match render::json(&report) {
+            Ok(s) => s + "\n",
+            Err(e) => {
+                eprintln!("xen-block-hotplug diagnose: {e}");
+                return ExitCode::Failure;
+            }
+        }
+    } else {
+        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        render::text(&report, &opts.log_file.display().to_string(), colour)
+    };
+    // A closed pipe (diagnose | head) is not worth a panic.
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    if report.healthy {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(Scope::parse(None), Ok(Scope::Host));
+        assert_eq!(Scope::parse(Some("5")), Ok(Scope::Domain(5)));
+        match Scope::parse(Some("/local/domain/0/backend/vbd/5/51728")) {
+            Ok(Scope::Backend(i)) => assert_eq!(i.key, "backend/vbd/5/51728"),
+            other => panic!("{other:?}"),
+        }
+        assert!(Scope::parse(Some("backend/vbd/x")).is_err());
+        assert!(Scope::parse(Some("99999999")).is_err());
+        assert!(Scope::parse(Some("backend/vif/5/0")).is_err());
+    }
+
+    #[test]
+    fn log_lines_match_the_backend_only() {
+        let k = "backend/vbd/5/51728";
+        assert!(mentions(
+            "xen-block-hotplug[9]: error: backend/vbd/5/51728: /x does not exist",
+            k
+        ));
+        assert!(mentions(
+            "+ XENBUS_PATH=/local/domain/0/backend/vbd/5/51728 block add",
+            k
+        ));
+        assert!(mentions("XENBUS_PATH=backend/vbd/5/51728", k));
+        assert!(!mentions("backend/vbd/5/517280: x", k));
+        assert!(!mentions("backend/vbd/15/51728: x", k));
+        assert!(!mentions("backend/vbd/5/51728/state", k));
+    }
+
+    #[test]
+    fn state_names() {
+        assert_eq!(state_name("2"), Some("InitWait"));
+        assert_eq!(state_name("4"), Some("Connected"));
+        assert_eq!(state_name("6"), Some("Closed"));
+        assert_eq!(state_name("x"), None);
+    }
+}

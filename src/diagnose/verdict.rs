@@ -1,0 +1,398 @@
+//! The rules that turn a backend's facts into one plain sentence (what is
+//! wrong) and what to do about it. The first rule that applies wins; they
+//! are ordered from what the toolstack sees first to what lies deeper.
+
+use serde::Serialize;
+
+use super::{Device, LockFacts};
+use crate::mode::Mode;
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Verdict {
+    pub healthy: bool,
+    /// A stable name for the rule that applied (see README).
+    pub problem: &'static str,
+    /// What is wrong, for a person: "image /disk/a.img does not exist".
+    pub sentence: String,
+    /// What to do about it; None when healthy.
+    pub action: Option<String>,
+}
+
+impl Verdict {
+    fn bad(problem: &'static str, sentence: String, action: impl Into<String>) -> Verdict {
+        Verdict {
+            healthy: false,
+            problem,
+            sentence,
+            action: Some(action.into()),
+        }
+    }
+
+    fn healthy() -> Verdict {
+        Verdict {
+            healthy: true,
+            problem: "healthy",
+            sentence: "healthy".into(),
+            action: None,
+        }
+    }
+
+    /// The verdict as one sentence: "what is wrong: what to do".
+    pub fn line(&self) -> String {
+        match &self.action {
+            Some(a) => format!("{}: {a}", self.sentence),
+            None => self.sentence.clone(),
+        }
+    }
+}
+
+/// "detach and re-attach the disk (xl block-detach 5 51728, then xl block-attach 5 ...)".
+fn reattach(d: &Device) -> String {
+    format!(
+        "detach and re-attach the disk (xl block-detach {} {}, then xl block-attach {} ...)",
+        d.domid, d.devid, d.domid
+    )
+}
+const FIX_CONFIG: &str = "fix the disk line of the domain's config, then attach the disk again";
+
+/// "image /disk/a.img" or "device /dev/vg/lv": the thing params names.
+fn what(d: &Device) -> String {
+    let p = d.checks.params.as_ref();
+    let path = p
+        .and_then(|p| p.path.clone())
+        .or_else(|| d.toolstack.params.clone())
+        .unwrap_or_default();
+    match (p.map(|p| p.kind), d.toolstack.ty.as_deref()) {
+        (Some("file"), _) | (_, Some("file")) => format!("image {path}"),
+        (Some("phy"), _) | (_, Some("phy")) => format!("device {path}"),
+        _ => format!("params {path}"),
+    }
+}
+
+/// What is wrong with `params` now, as a sentence, and what to do.
+fn params_problem(d: &Device) -> Option<(String, String)> {
+    let p = d.checks.params.as_ref()?;
+    if p.ok {
+        return None;
+    }
+    let problem = p.problem.clone().unwrap_or_default();
+    Some(match p.kind {
+        "file" => (
+            format!("{} {problem}", what(d)),
+            "make the image writable (chmod u+w) or give the disk mode r in the domain's config"
+                .into(),
+        ),
+        "helper" => (
+            format!(
+                "disk type {:?} {problem} ({})",
+                d.toolstack.ty.as_deref().unwrap_or(""),
+                p.path.as_deref().unwrap_or("")
+            ),
+            "install that block-TYPE script, or fix the disk line of the domain's config".into(),
+        ),
+        // classify's message starts with the path it tried.
+        _ => match d.toolstack.ty.as_deref() {
+            Some("file") => (format!("image {problem}"), FIX_CONFIG.into()),
+            Some("phy") => (format!("device {problem}"), FIX_CONFIG.into()),
+            _ => (format!("params: {problem}"), FIX_CONFIG.into()),
+        },
+    })
+}
+
+fn mode_of(d: &Device) -> Mode {
+    Mode::parse(d.toolstack.mode.as_deref().unwrap_or(""))
+}
+
+fn state_text(d: &Device) -> String {
+    match (&d.toolstack.state, d.toolstack.state_name) {
+        (Some(s), Some(n)) => format!("state {s} {n}"),
+        (Some(s), None) => format!("state {s}"),
+        (None, _) => "no state node".into(),
+    }
+}
+
+fn conflict_verdict(d: &Device, already: bool) -> Option<Verdict> {
+    let c = d.checks.conflicts.first()?;
+    let fe = d
+        .toolstack
+        .frontend_id
+        .clone()
+        .unwrap_or_else(|| d.domid.to_string());
+    let whom = match (&c.domid, c.user) {
+        (Some(dom), _) => {
+            let dev = c
+                .backend
+                .as_deref()
+                .and_then(|b| b.rsplit('/').next())
+                .unwrap_or("DEV");
+            format!("detach it from domain {dom} first (xl block-detach {dom} {dev})")
+        }
+        (None, _) => format!(
+            "unmount {} in dom0 first",
+            c.mount_point.as_deref().unwrap_or("it")
+        ),
+    };
+    let shared = "or, if sharing is meant, give every user mode r (or w! at your own risk)";
+    Some(if already {
+        Verdict::bad(
+            "conflict",
+            format!(
+                "{} is attached {} to domain {fe} but is also {}",
+                what(d),
+                mode_of(d).describe(),
+                c.description
+            ),
+            format!("{whom}, {shared}"),
+        )
+    } else {
+        Verdict::bad(
+            "busy",
+            format!(
+                "{} is {}, so it cannot also be attached {} to domain {fe}",
+                what(d),
+                c.description,
+                mode_of(d).describe()
+            ),
+            format!("{whom}, then attach the disk again; {shared}"),
+        )
+    })
+}
+
+/// Applies the rules to one backend.
+pub fn judge(d: &Device, lock: &LockFacts) -> Verdict {
+    if !d.exists {
+        return Verdict::bad(
+            "no-backend",
+            format!("backend {} does not exist in xenstore", d.backend),
+            "check the path; `xl block-list DOMID` lists a domain's disks",
+        );
+    }
+    let params_problem = params_problem(d);
+    match d.hotplug.status.as_deref() {
+        None => pending(d, lock, params_problem),
+        Some("error" | "busy") => failed(d, params_problem),
+        Some("connected") => connected(d, params_problem),
+        Some(other) => Verdict::bad(
+            "unknown-status",
+            format!("hotplug-status is {other:?}, which no hotplug script writes"),
+            reattach(d),
+        ),
+    }
+}
+
+fn pending(d: &Device, lock: &LockFacts, params: Option<(String, String)>) -> Verdict {
+    let state = d.toolstack.state.as_deref().map(str::trim);
+    // When the script does run it will fail on params: say so now.
+    let also = params
+        .map(|(s, _)| format!("; note that {s}, which must be fixed too"))
+        .unwrap_or_default();
+    if matches!(state, Some("5" | "6")) {
+        return Verdict::bad(
+            "closing",
+            format!(
+                "the backend is being closed ({}) and the hotplug script never reported",
+                state_text(d)
+            ),
+            "wait for the detach to finish; if it stays so, xl block-detach the disk and attach it again",
+        );
+    }
+    if let Some(h) = lock.holder() {
+        let who = match &h.command {
+            Some(c) => format!("pid {} ({c})", h.pid),
+            None => format!("pid {}", h.pid),
+        };
+        let since = lock
+            .held_seconds
+            .map(|s| format!(" for {s} s"))
+            .unwrap_or_default();
+        let queue = match lock.waiters() {
+            0 => String::new(),
+            n => format!(", with {n} more waiting"),
+        };
+        if !h.alive {
+            let keepers: Vec<String> = lock
+                .open_by
+                .iter()
+                .map(|o| match &o.command {
+                    Some(c) => format!("pid {} ({c})", o.pid),
+                    None => format!("pid {}", o.pid),
+                })
+                .collect();
+            let (who_now, act) = if keepers.is_empty() {
+                (
+                    "no process that can be seen here".to_string(),
+                    format!("fuser -v {} finds it", lock.path),
+                )
+            } else {
+                (
+                    keepers.join(", "),
+                    "see what it is doing; if it is stuck, kill it and the waiting scripts go on"
+                        .to_string(),
+                )
+            };
+            return Verdict::bad(
+                "waiting-for-lock",
+                format!(
+                    "the hotplug script has not finished: the hotplug lock {} has been held{since}{queue}; \
+                     pid {}, which took it, has exited, and {who_now} inherited it",
+                    lock.path, h.pid
+                ),
+                format!("{act}{also}"),
+            );
+        }
+        return Verdict::bad(
+            "waiting-for-lock",
+            format!(
+                "the hotplug script has not finished: the hotplug lock {} is held by {who}{since}{queue}",
+                lock.path
+            ),
+            format!(
+                "see what pid {} is doing (cat /proc/{}/stack); if it is stuck, kill it and the waiting scripts go on{also}",
+                h.pid, h.pid
+            ),
+        );
+    }
+    if matches!(state, None | Some("0" | "1")) {
+        return Verdict::bad(
+            "backend-not-ready",
+            format!(
+                "blkback has not taken up the backend ({}), so no hotplug event was sent",
+                state_text(d)
+            ),
+            "check that the xen-blkback module is loaded (modprobe xen-blkback)",
+        );
+    }
+    Verdict::bad(
+        "never-ran",
+        "the hotplug script never ran (no hotplug-status)".into(),
+        format!(
+            "check the udev rule (xen-backend.rules) or libxl's run_hotplug_scripts, \
+             and that /etc/xen/scripts/block is installed{also}"
+        ),
+    )
+}
+
+fn failed(d: &Device, params: Option<(String, String)>) -> Verdict {
+    if let Some(v) = conflict_verdict(d, false) {
+        return v;
+    }
+    if let Some((s, a)) = params {
+        return Verdict::bad("params", s, a);
+    }
+    let err = d
+        .hotplug
+        .error
+        .clone()
+        .unwrap_or_else(|| "it wrote no hotplug-error".into());
+    if d.hotplug.status.as_deref() == Some("busy") {
+        return Verdict::bad(
+            "busy",
+            format!("the hotplug script refused the disk: {err}"),
+            "whatever used the disk then has gone now; attach the disk again",
+        );
+    }
+    Verdict::bad(
+        "script-failed",
+        format!("the hotplug script failed: {err}"),
+        "act on that message (the log lines below say more), then attach the disk again",
+    )
+}
+
+fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
+    let kind = d.checks.params.as_ref().map(|p| p.kind);
+    if matches!(kind, Some("empty" | "helper")) && params.is_none() {
+        return Verdict::healthy();
+    }
+    let Some(pd) = d.hotplug.physical_device.as_deref() else {
+        let (why, action) = match params {
+            Some((s, a)) => (format!(" ({s})"), a),
+            None => (String::new(), reattach(d)),
+        };
+        return Verdict::bad(
+            "no-physical-device",
+            format!(
+                "hotplug-status says connected but no physical-device was written, \
+                 so the guest gets no disk{why}"
+            ),
+            action,
+        );
+    };
+    if let Some(l) = &d.checks.loop_device {
+        if !l.bound {
+            let why = l
+                .not_ours
+                .clone()
+                .unwrap_or_else(|| "it is not attached".into());
+            return Verdict::bad(
+                "loop-detached",
+                format!(
+                    "loop device {} no longer backs the {}: {why} (detached behind the toolstack's back)",
+                    l.device,
+                    what(d)
+                ),
+                reattach(d),
+            );
+        }
+        if let Some(why) = &l.not_ours {
+            return Verdict::bad(
+                "loop-reused",
+                format!(
+                    "loop device {} no longer backs the {}: {why}",
+                    l.device,
+                    what(d)
+                ),
+                format!(
+                    "{}; do not detach {} by hand, it may serve another disk now",
+                    reattach(d),
+                    l.device
+                ),
+            );
+        }
+    }
+    if d.checks.physical_device_matches == Some(false) {
+        let actual = d
+            .checks
+            .loop_device
+            .as_ref()
+            .and_then(|l| l.device_number.clone())
+            .or_else(|| d.checks.params.as_ref().and_then(|p| p.device.clone()))
+            .unwrap_or_default();
+        return Verdict::bad(
+            "physical-device-mismatch",
+            format!(
+                "physical-device {pd} is not the device prepared for the {} ({actual})",
+                what(d)
+            ),
+            reattach(d),
+        );
+    }
+    if let Some(l) = &d.checks.loop_device {
+        if let Some(ro) = l.read_only {
+            if ro != l.read_only_expected {
+                let rw = |r: bool| if r { "read-only" } else { "read-write" };
+                return Verdict::bad(
+                    "read-only-mismatch",
+                    format!(
+                        "loop device {} is {} but the disk's mode {:?} is {}",
+                        l.device,
+                        rw(ro),
+                        d.toolstack.mode.as_deref().unwrap_or(""),
+                        rw(l.read_only_expected)
+                    ),
+                    reattach(d),
+                );
+            }
+        }
+    }
+    if let Some((s, _)) = params {
+        return Verdict::bad(
+            "image-gone",
+            format!("{s}, although the disk is connected"),
+            "put the image back at that path before the guest is restarted, or fix the disk line of the domain's config",
+        );
+    }
+    if let Some(v) = conflict_verdict(d, true) {
+        return v;
+    }
+    Verdict::healthy()
+}
