@@ -242,12 +242,12 @@ impl Store {
         inner.requests += reqs.len() as u64;
         inner.round_trips += 1;
         let deadline = Instant::now() + inner.timeout;
-        inner.send(&out, deadline)?;
+        let mut pending: &[u8] = &out;
         let mut replies = Vec::with_capacity(reqs.len());
         let mut failure = None;
         for (i, ty) in ops.iter().enumerate() {
             let id = first.wrapping_add(i as u32);
-            let m = inner.recv(deadline, &self.origin)?;
+            let m = inner.recv(&mut pending, deadline, &self.origin)?;
             if m.req_id != id {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -322,7 +322,8 @@ impl Store {
 }
 
 impl Inner {
-    fn wait(&self, flags: PollFlags, deadline: Instant) -> io::Result<()> {
+    /// Waits for `flags` until the deadline; returns the events that came.
+    fn wait(&self, flags: PollFlags, deadline: Instant) -> io::Result<PollFlags> {
         let left = deadline.saturating_duration_since(Instant::now());
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(self.conn.fd(), flags)];
@@ -336,26 +337,14 @@ impl Inner {
                 ),
             ));
         }
-        Ok(())
+        Ok(fds[0].revents().unwrap_or(PollFlags::empty()))
     }
 
-    fn send(&mut self, mut buf: &[u8], deadline: Instant) -> io::Result<()> {
-        while !buf.is_empty() {
-            self.wait(PollFlags::POLLOUT, deadline)?;
-            match self.conn.write(buf) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = &buf[n..],
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Next reply, skipping watch events (this client sets no watches, but a
-    /// shared xenbus device may deliver them).
-    fn recv(&mut self, deadline: Instant, origin: &str) -> io::Result<Message> {
+    /// The next reply, skipping watch events (this client sets no watches,
+    /// but a shared xenbus device may deliver them). Meanwhile it sends what
+    /// is left of `out`: xenstored stops reading a connection whose replies
+    /// are not read, so a long batch must read while it writes.
+    fn recv(&mut self, out: &mut &[u8], deadline: Instant, origin: &str) -> io::Result<Message> {
         loop {
             if let Some(m) = self.take_message()? {
                 if m.op() == Some(Op::WatchEvent) {
@@ -363,7 +352,23 @@ impl Inner {
                 }
                 return Ok(m);
             }
-            self.wait(PollFlags::POLLIN, deadline)?;
+            let mut want = PollFlags::POLLIN;
+            if !out.is_empty() {
+                want |= PollFlags::POLLOUT;
+            }
+            let got = self.wait(want, deadline)?;
+            if got.contains(PollFlags::POLLOUT) {
+                match self.conn.write(out) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => *out = out.get(n..).unwrap_or_default(),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if !got.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                continue;
+            }
             let mut chunk = [0u8; 8192];
             match self.conn.read(&mut chunk) {
                 Ok(0) => {
@@ -372,7 +377,9 @@ impl Inner {
                         format!("xenstored at {origin} closed the connection"),
                     ))
                 }
-                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self
+                    .rbuf
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
