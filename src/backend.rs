@@ -68,6 +68,16 @@ impl Inputs {
     }
 }
 
+/// The nodes a hotplug script writes, as a toolstack reads them.
+pub const OUTPUT_NODES: [&str; 6] = [
+    "hotplug-status",
+    "hotplug-error",
+    "physical-device",
+    "physical-device-path",
+    "node",
+    "diskseq",
+];
+
 /// What a successful add of a device writes, in the order it is written:
 /// `physical-device` last but one (blkback opens the device as soon as it
 /// appears), `hotplug-status` last.

@@ -96,27 +96,8 @@ impl Bed {
 
     /// Writes a backend as a toolstack does, with blkback's state 2.
     fn backend(&self, domid: u32, ty: &str, params: &str, mode: &str) -> String {
-        let b = format!("backend/vbd/{domid}/51712");
-        let abs = format!("/local/domain/0/{b}");
-        for (k, v) in [
-            ("frontend-id", domid.to_string()),
-            (
-                "frontend",
-                format!("/local/domain/{domid}/device/vbd/51712"),
-            ),
-            ("type", ty.to_string()),
-            ("params", params.to_string()),
-            ("mode", mode.to_string()),
-            ("online", "1".to_string()),
-            ("state", "2".to_string()),
-        ] {
-            self.sim.write(&format!("{abs}/{k}"), &v);
-        }
-        self.sim.write(
-            &format!("/local/domain/{domid}/vm"),
-            &format!("/vm/selftest-{domid}"),
-        );
-        b
+        let vm = format!("/vm/selftest-{domid}");
+        self.sim.add_vbd(domid, 51712, ty, params, mode, &vm)
     }
 
     fn run(&self, action: Action, backend: &str) -> Result<ExitCode> {
@@ -145,14 +126,7 @@ impl Bed {
     /// Prints the nodes as the toolstack reads them.
     fn show(&self, backend: &str) {
         println!("  {backend}:");
-        for k in [
-            "hotplug-status",
-            "hotplug-error",
-            "physical-device",
-            "physical-device-path",
-            "node",
-            "diskseq",
-        ] {
+        for k in crate::backend::OUTPUT_NODES {
             if let Some(v) = self.node(backend, k) {
                 println!("    {k} = {v}");
             }

@@ -99,27 +99,8 @@ impl Bed {
     /// Writes a backend directory as the toolstack does (blkback's state 2
     /// included) and the frontend domain's `vm`. Returns the relative path.
     pub fn backend(&self, domid: u32, devid: u32, ty: &str, params: &str, mode: &str) -> String {
-        let b = format!("backend/vbd/{domid}/{devid}");
-        let abs = format!("/local/domain/0/{b}");
-        for (k, v) in [
-            ("frontend-id", domid.to_string()),
-            (
-                "frontend",
-                format!("/local/domain/{domid}/device/vbd/{devid}"),
-            ),
-            ("type", ty.to_string()),
-            ("params", params.to_string()),
-            ("mode", mode.to_string()),
-            ("online", "1".to_string()),
-            ("state", "2".to_string()),
-        ] {
-            self.sim.write(&format!("{abs}/{k}"), &v);
-        }
-        self.sim.write(
-            &format!("/local/domain/{domid}/vm"),
-            &format!("/vm/test-{domid}"),
-        );
-        b
+        let vm = format!("/vm/test-{domid}");
+        self.sim.add_vbd(domid, devid, ty, params, mode, &vm)
     }
 
     /// A node of a backend given relative to dom0's home.
