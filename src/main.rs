@@ -93,9 +93,9 @@ fn main_code() -> ExitCode {
             None => return usage("no command: expected add or remove (or ACTION from udev)"),
         },
     };
-    if !(cli.lock_timeout.is_finite() && cli.lock_timeout >= 0.0) {
+    let Some(lock_timeout) = seconds(cli.lock_timeout) else {
         return usage("--lock-timeout takes a number of seconds");
-    }
+    };
     let inv = match Invocation::new(action, &vars) {
         Ok(i) => i,
         Err(e) => return usage(&e.0),
@@ -106,7 +106,7 @@ fn main_code() -> ExitCode {
         inv,
         dry_run: cli.dry_run,
         lock_path: cli.lock_file,
-        lock_timeout: Duration::from_secs_f64(cli.lock_timeout),
+        lock_timeout,
     };
     let store = match open_store(&vars) {
         Ok(s) => s,
@@ -119,8 +119,10 @@ fn main_code() -> ExitCode {
     hotplug::execute(&job, &store)
 }
 
+/// A number of seconds as given by a person: negative, NaN or absurdly
+/// large is refused (from_secs_f64 would panic on overflow).
 fn seconds(s: f64) -> Option<Duration> {
-    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s))
+    Duration::try_from_secs_f64(s).ok()
 }
 
 /// Connects to xenstored, with the exchange bound XEN_BLOCK_HOTPLUG_STORE_TIMEOUT

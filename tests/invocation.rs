@@ -156,6 +156,11 @@ fn usage_errors_exit_2_with_one_line_and_do_nothing() {
             c.args(["add", "--lock-timeout", "-1"]);
             c
         }),
+        ("absurd --lock-timeout", {
+            let mut c = bed.command(&b);
+            c.args(["add", "--lock-timeout", "1e300"]);
+            c
+        }),
     ];
     let mut cases = cases;
     for bad in [
