@@ -77,7 +77,10 @@ fn main_code() -> ExitCode {
             return ExitCode::Failure;
         }
     };
-    hotplug::execute(&job, &store)
+    let code = hotplug::execute(&job, &store);
+    let (requests, round_trips) = store.counters();
+    log::debug!("xenstore: {requests} requests in {round_trips} round trips");
+    code
 }
 
 fn main() {
