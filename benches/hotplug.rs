@@ -13,7 +13,8 @@
 //!
 //! For ours alone: xenstore requests per add and remove (counted by the
 //! simulator), round trips and time holding the lock (from the binary's -v
-//! lines), peak RSS (wait4's rusage) and the binary's size. Every loop
+//! lines), peak RSS (VmHWM, from the same lines: wait4's maxrss would count
+//! the bench's own pages from before exec) and the binary's size. Every loop
 //! device is detached by the test bed's guard, even on a panic.
 
 #[path = "../tests/common/mod.rs"]
@@ -75,8 +76,9 @@ fn reap(mut child: std::process::Child, start: Instant) -> Done {
 struct Bench {
     bed: Bed,
     next_domid: u32,
-    /// Per-run verbose mode for ours: stderr captured and parsed.
+    /// Per-run verbose mode for ours: its -v lines are parsed.
     verbose: bool,
+    stock_failures: usize,
 }
 
 /// What one of our verbose runs said about itself.
@@ -84,6 +86,7 @@ struct Bench {
 struct SelfReport {
     lock_held_us: Option<u64>,
     round_trips: Option<u64>,
+    peak_rss_kib: Option<u64>,
 }
 
 fn parse_self_report(stderr: &str) -> SelfReport {
@@ -94,6 +97,9 @@ fn parse_self_report(stderr: &str) -> SelfReport {
         }
         if let Some(rest) = l.split(" requests in ").nth(1) {
             r.round_trips = rest.trim_end_matches(" round trips").trim().parse().ok();
+        }
+        if let Some(rest) = l.split("peak RSS ").nth(1) {
+            r.peak_rss_kib = rest.trim_end_matches(" kB").trim().parse().ok();
         }
     }
     r
@@ -130,12 +136,8 @@ impl Bench {
                 c
             }
         };
-        c.stdout(Stdio::null());
-        if peer == Peer::Ours && self.verbose {
-            c.stderr(Stdio::piped());
-        } else {
-            c.stderr(Stdio::null());
-        }
+        // stderr is kept for a failure's explanation (and for -v's lines).
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
         c
     }
 
@@ -148,16 +150,30 @@ impl Bench {
         (child, start)
     }
 
-    fn run(&self, peer: Peer, backend: &str, action: &str) -> Done {
+    /// Runs one peer to completion. Ours must succeed; a failure of the
+    /// stock script (its free-device search races with other users of
+    /// loop devices) is counted, shown, and the sample dropped.
+    fn run(&mut self, peer: Peer, backend: &str, action: &str) -> Option<Done> {
         let (c, s) = self.spawn(peer, backend, action);
         let d = reap(c, s);
-        assert!(
-            d.status.success(),
-            "{peer:?} {action} {backend} failed ({}): {}",
+        if d.status.success() {
+            return Some(d);
+        }
+        let why = format!(
+            "{peer:?} {action} {backend} failed ({}): hotplug-error {:?}; stderr: {}",
             d.status,
+            self.bed.node(backend, "hotplug-error"),
             d.stderr
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
-        d
+        assert!(peer == Peer::Stock, "{why}");
+        eprintln!("{why}");
+        self.stock_failures += 1;
+        None
     }
 
     fn expect_connected(&self, peer: Peer, backend: &str) {
@@ -175,6 +191,16 @@ impl Bench {
             .sim
             .rm(&format!("/local/domain/0/backend/vbd/{domid}"));
         self.bed.sim.rm(&format!("/local/domain/{domid}"));
+    }
+
+    /// Detaches whatever is left on these images of the bench's own
+    /// directory (after a failed stock run).
+    fn scrub(&self, imgs: &[&Path]) {
+        for img in imgs {
+            for st in self.bed.loops_of(img) {
+                let _ = loopdev::detach(st.number);
+            }
+        }
     }
 
     fn requests(&self) -> u64 {
@@ -254,21 +280,26 @@ fn cycle(b: &mut Bench, iters: usize, img: &Path) -> (Row, Series) {
             let r0 = b.requests();
             let a = b.run(peer, &be, "add");
             let r1 = b.requests();
-            b.expect_connected(peer, &be);
-            let r = b.run(peer, &be, "remove");
+            let r = a.as_ref().and_then(|_| {
+                b.expect_connected(peer, &be);
+                b.run(peer, &be, "remove")
+            });
             let r2 = b.requests();
-            assert!(
-                b.bed.loops_of(img).is_empty(),
-                "{peer:?} remove left {img:?} attached"
-            );
-            let s = add.series(peer);
-            s.times.push(a.elapsed + r.elapsed);
-            s.requests.push(r1 - r0);
-            s.reports.push(parse_self_report(&a.stderr));
-            s.maxrss_kib = s.maxrss_kib.max(a.maxrss_kib).max(r.maxrss_kib);
-            if peer == Peer::Ours {
-                remove.push(&r, r2 - r1);
+            if let (Some(a), Some(r)) = (a, r) {
+                assert!(
+                    b.bed.loops_of(img).is_empty(),
+                    "{peer:?} remove left {img:?} attached"
+                );
+                let s = add.series(peer);
+                s.times.push(a.elapsed + r.elapsed);
+                s.requests.push(r1 - r0);
+                s.reports.push(parse_self_report(&a.stderr));
+                s.maxrss_kib = s.maxrss_kib.max(a.maxrss_kib).max(r.maxrss_kib);
+                if peer == Peer::Ours {
+                    remove.push(&r, r2 - r1);
+                }
             }
+            b.scrub(&[img]);
             b.forget(d);
         }
     }
@@ -291,27 +322,45 @@ fn storm(b: &mut Bench, iters: usize, imgs: &[PathBuf]) -> (Row, Row) {
                         .backend(*d, 51712, "file", &img.to_string_lossy(), "w")
                 })
                 .collect();
+            let mut failed = false;
             for (action, row) in [("add", &mut adds), ("remove", &mut removes)] {
                 let start = Instant::now();
                 let children: Vec<_> = bes.iter().map(|be| b.spawn(peer, be, action)).collect();
                 let mut rss = 0;
-                for (c, s) in children {
+                for ((c, s), be) in children.into_iter().zip(&bes) {
                     let d = reap(c, s);
-                    assert!(d.status.success(), "{peer:?} storm {action} failed");
+                    if !d.status.success() {
+                        let why = format!(
+                            "{peer:?} storm {action} {be} failed ({}): {:?}",
+                            d.status,
+                            b.bed.node(be, "hotplug-error")
+                        );
+                        assert!(peer == Peer::Stock, "{why}");
+                        eprintln!("{why}");
+                        b.stock_failures += 1;
+                        failed = true;
+                    }
                     rss = rss.max(d.maxrss_kib);
                 }
-                let s = row.series(peer);
-                s.times.push(start.elapsed());
-                s.maxrss_kib = s.maxrss_kib.max(rss);
-                if action == "add" {
+                let elapsed = start.elapsed();
+                if action == "add" && !failed {
                     for be in &bes {
                         b.expect_connected(peer, be);
                     }
                 }
+                // A stock storm with failures still counts: a host waits
+                // that long too (its failed adds are the quick ones).
+                let s = row.series(peer);
+                s.times.push(elapsed);
+                s.maxrss_kib = s.maxrss_kib.max(rss);
             }
-            for img in imgs {
-                assert!(b.bed.loops_of(img).is_empty(), "{peer:?} storm leaked");
+            if !failed {
+                for img in imgs {
+                    assert!(b.bed.loops_of(img).is_empty(), "{peer:?} storm leaked");
+                }
             }
+            let all: Vec<&Path> = imgs.iter().map(PathBuf::as_path).collect();
+            b.scrub(&all);
             for d in doms {
                 b.forget(d);
             }
@@ -348,9 +397,11 @@ fn phy400(b: &mut Bench, iters: usize, img: &Path) -> Row {
             let r0 = b.requests();
             let a = b.run(peer, &be, "add");
             let r1 = b.requests();
-            b.expect_connected(peer, &be);
-            row.series(peer).push(&a, r1 - r0);
-            b.run(peer, &be, "remove");
+            if let Some(a) = a {
+                b.expect_connected(peer, &be);
+                row.series(peer).push(&a, r1 - r0);
+                b.run(peer, &be, "remove");
+            }
             b.forget(d);
         }
     }
@@ -375,7 +426,8 @@ fn shared50(b: &mut Bench, iters: usize, img: &Path) -> Row {
         b.run(Peer::Ours, be, "add");
     }
     b.verbose = verbose;
-    assert_eq!(b.bed.loops_of(img).len(), 50, "the 50 users are attached");
+    let base: Vec<u32> = b.bed.loops_of(img).iter().map(|s| s.number).collect();
+    assert_eq!(base.len(), 50, "the 50 users are attached");
     for i in 0..iters {
         for peer in order(i) {
             let d = b.domid();
@@ -383,9 +435,17 @@ fn shared50(b: &mut Bench, iters: usize, img: &Path) -> Row {
             let r0 = b.requests();
             let a = b.run(peer, &be, "add");
             let r1 = b.requests();
-            b.expect_connected(peer, &be);
-            row.series(peer).push(&a, r1 - r0);
-            b.run(peer, &be, "remove");
+            if let Some(a) = a {
+                b.expect_connected(peer, &be);
+                row.series(peer).push(&a, r1 - r0);
+                b.run(peer, &be, "remove");
+            }
+            // A failed stock run may have left its device: detach any but the 50.
+            for st in b.bed.loops_of(img) {
+                if !base.contains(&st.number) {
+                    let _ = loopdev::detach(st.number);
+                }
+            }
             assert_eq!(b.bed.loops_of(img).len(), 50, "{peer:?} remove");
             b.forget(d);
         }
@@ -484,6 +544,7 @@ fn main() {
         bed: Bed::new("bench"),
         next_domid: 100,
         verbose: false,
+        stock_failures: 0,
     };
     let img = b.bed.image("cycle.img", 8);
     let imgs: Vec<PathBuf> = (0..STORM)
@@ -520,19 +581,23 @@ fn main() {
     describe_self("file remove", &c_rm);
     describe_self("phy400 add", &p.ours);
     describe_self("shared50 add", &s.ours);
-    let rss = rows
+    let rss = [&c_add.ours, &c_rm, &p.ours, &s.ours]
         .iter()
-        .map(|r| r.ours.maxrss_kib)
-        .chain([c_rm.maxrss_kib, p.ours.maxrss_kib, s.ours.maxrss_kib])
+        .flat_map(|s| s.reports.iter().filter_map(|r| r.peak_rss_kib))
         .max()
         .unwrap_or(0);
     let size = std::fs::metadata(BIN).map(|m| m.len()).unwrap_or(0);
     println!(
-        "peak RSS {:.2} MiB (stock bash: {:.2} MiB); binary {:.2} MiB",
+        "peak RSS {:.2} MiB (VmHWM); binary {:.2} MiB",
         rss as f64 / 1024.0,
-        rows.iter().map(|r| r.stock.maxrss_kib).max().unwrap_or(0) as f64 / 1024.0,
         size as f64 / (1024.0 * 1024.0)
     );
+    if b.stock_failures > 0 {
+        println!(
+            "stock script failures (samples dropped): {}",
+            b.stock_failures
+        );
+    }
     let leaked = b.bed.loops_of(&img).len()
         + imgs.iter().map(|i| b.bed.loops_of(i).len()).sum::<usize>()
         + b.bed.loops_of(&shared).len();
