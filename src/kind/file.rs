@@ -123,7 +123,7 @@ fn check_sharing(
     if mode == Mode::Unchecked {
         return Ok(());
     }
-    let users = loopdev::users_of(stat.st_dev, stat.st_ino)
+    let users = loopdev::users_of_image(stat.st_dev, stat.st_ino, stat.st_size as u64)
         .with_context(|| format!("finding the loop devices of {}", path.display()))?;
     // Through a read-only loop device nobody can write: a reader only
     // has to look at the writable ones.
