@@ -79,6 +79,9 @@ struct Bench {
     /// Per-run verbose mode for ours: its -v lines are parsed.
     verbose: bool,
     stock_failures: usize,
+    /// Our binary: XBH_BIN (benches/run.sh points it at the static build),
+    /// else the one cargo built for this bench.
+    ours: PathBuf,
 }
 
 /// What one of our verbose runs said about itself.
@@ -114,7 +117,7 @@ impl Bench {
     fn command(&self, peer: Peer, backend: &str, action: &str) -> Command {
         let mut c = match peer {
             Peer::Ours => {
-                let mut c = self.bed.command(backend);
+                let mut c = self.bed.command_of(&self.ours, backend);
                 // The real lock, shared with the stock script: a fair comparison.
                 c.env_remove("XEN_BLOCK_HOTPLUG_LOCK").arg(action);
                 if self.verbose {
@@ -203,6 +206,19 @@ impl Bench {
         }
     }
 
+    /// Waits (at most 2 s) until `img` has `n` loop devices: a detach is
+    /// finished by the kernel once the last opener (udev's probe) closes.
+    fn settle(&self, img: &Path, n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let now = self.bed.loops_of(img).len();
+            if now == n || Instant::now() >= deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     fn requests(&self) -> u64 {
         self.bed.sim.request_count()
     }
@@ -286,10 +302,7 @@ fn cycle(b: &mut Bench, iters: usize, img: &Path) -> (Row, Series) {
             });
             let r2 = b.requests();
             if let (Some(a), Some(r)) = (a, r) {
-                assert!(
-                    b.bed.loops_of(img).is_empty(),
-                    "{peer:?} remove left {img:?} attached"
-                );
+                assert_eq!(b.settle(img, 0), 0, "{peer:?} remove left {img:?} attached");
                 let s = add.series(peer);
                 s.times.push(a.elapsed + r.elapsed);
                 s.requests.push(r1 - r0);
@@ -356,7 +369,7 @@ fn storm(b: &mut Bench, iters: usize, imgs: &[PathBuf]) -> (Row, Row) {
             }
             if !failed {
                 for img in imgs {
-                    assert!(b.bed.loops_of(img).is_empty(), "{peer:?} storm leaked");
+                    assert_eq!(b.settle(img, 0), 0, "{peer:?} storm leaked");
                 }
             }
             let all: Vec<&Path> = imgs.iter().map(PathBuf::as_path).collect();
@@ -446,7 +459,7 @@ fn shared50(b: &mut Bench, iters: usize, img: &Path) -> Row {
                     let _ = loopdev::detach(st.number);
                 }
             }
-            assert_eq!(b.bed.loops_of(img).len(), 50, "{peer:?} remove");
+            assert_eq!(b.settle(img, 50), 50, "{peer:?} remove");
             b.forget(d);
         }
     }
@@ -545,6 +558,7 @@ fn main() {
         next_domid: 100,
         verbose: false,
         stock_failures: 0,
+        ours: std::env::var_os("XBH_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from),
     };
     let img = b.bed.image("cycle.img", 8);
     let imgs: Vec<PathBuf> = (0..STORM)
@@ -554,8 +568,9 @@ fn main() {
     let shared = b.bed.image("shared.img", 8);
 
     println!(
-        "xen-block-hotplug benchmark: ours {BIN}\n  stock {STOCK}\n  lock /var/run/xen-hotplug/block, \
-         {base} cycles and shared50 runs, {few} storms and phy400 runs per peer"
+        "xen-block-hotplug benchmark: ours {}\n  stock {STOCK}\n  lock /var/run/xen-hotplug/block, \
+         {base} cycles and shared50 runs, {few} storms and phy400 runs per peer",
+        b.ours.display()
     );
     // Warm both peers' pages (binary, bash, xenstore-utils) before timing.
     cycle(&mut b, 1, &img);
@@ -586,7 +601,7 @@ fn main() {
         .flat_map(|s| s.reports.iter().filter_map(|r| r.peak_rss_kib))
         .max()
         .unwrap_or(0);
-    let size = std::fs::metadata(BIN).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(&b.ours).map(|m| m.len()).unwrap_or(0);
     println!(
         "peak RSS {:.2} MiB (VmHWM); binary {:.2} MiB",
         rss as f64 / 1024.0,
