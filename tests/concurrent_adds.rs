@@ -90,3 +90,36 @@ fn racing_readers_of_one_image_all_connect_read_only() {
     assert_eq!(users.len(), 8);
     assert!(users.iter().all(|u| u.read_only));
 }
+
+#[test]
+fn a_reader_is_refused_beside_a_writer_and_a_writer_beside_readers() {
+    if !can_loop("a_reader_is_refused_beside_a_writer_and_a_writer_beside_readers") {
+        return;
+    }
+    let bed = Bed::new("rw-mix");
+    let img = bed.image("base.img", 8);
+    let p = img.to_str().unwrap();
+    let writer = bed.backend(10, 51712, "file", p, "w");
+    assert_eq!(bed.run("add", &writer).code, 0);
+    let reader = bed.backend(11, 51712, "file", p, "r");
+    assert_eq!(bed.run("add", &reader).code, 1);
+    assert_eq!(bed.node(&reader, "hotplug-status").as_deref(), Some("busy"));
+    assert_eq!(bed.run("remove", &writer).code, 0);
+    bed.sim.rm("/local/domain/0/backend/vbd/10");
+
+    let readers: Vec<String> = (20..23)
+        .map(|d| bed.backend(d, 51712, "file", p, "r"))
+        .collect();
+    for r in &readers {
+        assert_eq!(bed.run("add", r).code, 0);
+    }
+    let writer = bed.backend(30, 51712, "file", p, "w");
+    assert_eq!(bed.run("add", &writer).code, 1);
+    assert_eq!(bed.node(&writer, "hotplug-status").as_deref(), Some("busy"));
+    assert_eq!(
+        bed.loops_of(&img).len(),
+        3,
+        "the refused writer left no device"
+    );
+    assert!(bed.loops_of(&img).iter().all(|u| u.read_only));
+}

@@ -123,14 +123,16 @@ fn check_sharing(
     if mode == Mode::Unchecked {
         return Ok(());
     }
-    let users = loopdev::users_of_image(stat.st_dev, stat.st_ino, stat.st_size as u64)
-        .with_context(|| format!("finding the loop devices of {}", path.display()))?;
     // Through a read-only loop device nobody can write: a reader only
     // has to look at the writable ones.
-    let relevant: Vec<&LoopStatus> = users
-        .iter()
-        .filter(|u| Some(u.number) != own && (mode.writable() || !u.read_only))
-        .collect();
+    let users = loopdev::users_of_image(
+        stat.st_dev,
+        stat.st_ino,
+        stat.st_size as u64,
+        !mode.writable(),
+    )
+    .with_context(|| format!("finding the loop devices of {}", path.display()))?;
+    let relevant: Vec<&LoopStatus> = users.iter().filter(|u| Some(u.number) != own).collect();
     let mut devices = Vec::with_capacity(relevant.len());
     for u in &relevant {
         devices.push(loop_devnum(u.number)?);
