@@ -55,6 +55,11 @@ impl Drop for Lock {
     fn drop(&mut self) {
         // release_lock's rm; `file` is closed after this, as the shell's exit does.
         let _ = fs::remove_file(&self.path);
+        // The benchmark parses this line (under -v) for the time the lock was held.
+        log::debug!(
+            "released the hotplug lock after holding it for {} us",
+            self.held_for().as_micros()
+        );
     }
 }
 
@@ -183,11 +188,16 @@ impl Alarm {
             old_mask,
         };
         // Thread-directed: a process-wide SIGALRM could wake another thread instead.
-        let event = SigEvent::new(SigevNotify::SigevThreadId {
+        // Built by hand: nix offers SigevThreadId on glibc only, and the
+        // static musl build needs it too (the kernel's ABI is the same).
+        let mut raw = SigEvent::new(SigevNotify::SigevSignal {
             signal: Signal::SIGALRM,
-            thread_id: nix::unistd::gettid().as_raw(),
             si_value: 0,
-        });
+        })
+        .sigevent();
+        raw.sigev_notify = libc::SIGEV_THREAD_ID;
+        raw.sigev_notify_thread_id = nix::unistd::gettid().as_raw();
+        let event = SigEvent::from(&raw);
         let timer = alarm
             .timer
             .insert(Timer::new(ClockId::CLOCK_MONOTONIC, event)?);

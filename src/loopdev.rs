@@ -540,6 +540,73 @@ pub fn users_of(dev: u64, ino: u64) -> io::Result<Vec<LoopStatus>> {
     Ok(all)
 }
 
+/// Loop devices with a capacity, from one read of /proc/partitions (the
+/// kernel lists a disk there only while its size is not zero), instead of a
+/// stat per device under /sys/block.
+fn sized_numbers() -> io::Result<Vec<u32>> {
+    let text = fs::read_to_string("/proc/partitions")?;
+    // "major minor #blocks name"; partitions (loop3p1) do not parse as devices.
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).and_then(parse_number))
+        .collect())
+}
+
+/// (lo_device, lo_inode, read-only) of /dev/loopN; None when nothing is bound.
+fn backing_id(number: u32) -> io::Result<Option<(u64, u64, bool)>> {
+    let device = match File::open(dev_path(number)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let mut info = loop_info64::ZERO;
+    // SAFETY: the kernel fills `info`.
+    match unsafe { loop_get_status64(device.as_raw_fd(), &mut info) } {
+        Ok(_) => Ok(Some((
+            info.lo_device,
+            info.lo_inode,
+            info.lo_flags & LO_FLAGS_READ_ONLY != 0,
+        ))),
+        Err(Errno::ENXIO) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `users_of` for an image of `size` bytes, faster: the bound devices come
+/// from /proc/partitions and only those backed by (dev, ino) are examined
+/// further. A loop device of an image under one sector has no capacity
+/// and is not listed there, so such an image gets the full scan. With
+/// `writable_only`, read-only devices are left out (a reader's sharing check
+/// needs only the writers: a shared base image has many readers).
+pub fn users_of_image(
+    dev: u64,
+    ino: u64,
+    size: u64,
+    writable_only: bool,
+) -> io::Result<Vec<LoopStatus>> {
+    if size < 512 {
+        let mut users = users_of(dev, ino)?;
+        users.retain(|u| !(writable_only && u.read_only));
+        return Ok(users);
+    }
+    let mut users = Vec::new();
+    for n in sized_numbers()? {
+        match backing_id(n)? {
+            Some((d, i, ro)) if (d, i) == (dev, ino) && !(writable_only && ro) => {}
+            _ => continue,
+        }
+        // Re-checked: the device may have been re-bound in between.
+        match status(n)? {
+            Some(s) if (s.backing_dev, s.backing_inode) == (dev, ino) => users.push(s),
+            _ => {}
+        }
+    }
+    users.sort_by_key(|s| s.number);
+    Ok(users)
+}
+
 /// "/dev/loop3" or "loop3" -> 3.
 pub fn parse_number(path: &str) -> Option<u32> {
     let digits = path
@@ -795,6 +862,16 @@ mod tests {
         // std's st_dev matches the kernel's lo_device encoding.
         assert_eq!(users(&a_path), want);
         assert_eq!(users(&b_path), vec![b1.number()]);
+        // The /proc/partitions path finds the same devices, flags included.
+        for path in [&a_path, &b_path] {
+            let m = fs::metadata(path).unwrap();
+            let full = users_of(m.dev(), m.ino()).unwrap();
+            let fast = users_of_image(m.dev(), m.ino(), m.len(), false).unwrap();
+            assert_eq!(fast, full);
+            let writers: Vec<LoopStatus> = full.into_iter().filter(|u| !u.read_only).collect();
+            let fast = users_of_image(m.dev(), m.ino(), m.len(), true).unwrap();
+            assert_eq!(fast, writers);
+        }
     }
 
     #[test]

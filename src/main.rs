@@ -116,7 +116,19 @@ fn main_code() -> ExitCode {
             return ExitCode::Failure;
         }
     };
-    hotplug::execute(&job, &store)
+    let code = hotplug::execute(&job, &store);
+    let (requests, round_trips) = store.counters();
+    log::debug!("xenstore: {requests} requests in {round_trips} round trips");
+    if log::log_enabled!(log::Level::Debug) {
+        // VmHWM is this image's own peak; rusage's maxrss would include
+        // the parent's pages from before exec.
+        if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
+            if let Some(l) = s.lines().find(|l| l.starts_with("VmHWM:")) {
+                log::debug!("peak RSS {}", l["VmHWM:".len()..].trim());
+            }
+        }
+    }
+    code
 }
 
 /// A number of seconds as given by a person: negative, NaN or absurdly

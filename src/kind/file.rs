@@ -58,45 +58,8 @@ pub fn add(
         );
     }
     let frontend = inputs.frontend_domid(inv);
-    let _lock = job.lock()?;
-    // Two adds of one backend may race (udev and a person); the second to
-    // get the lock finds the first's physical-device and stops.
-    if !job.dry_run {
-        if let Some(pd) = store.read(&inv.node("physical-device"))? {
-            log::info!("physical-device {pd} was written meanwhile: nothing to do");
-            return Ok(());
-        }
-    }
-    if mode != Mode::Unchecked {
-        let users = loopdev::users_of(stat.st_dev, stat.st_ino)
-            .with_context(|| format!("finding the loop devices of {}", path.display()))?;
-        // Through a read-only loop device nobody can write: a reader only
-        // has to look at the writable ones.
-        let relevant: Vec<&LoopStatus> = users
-            .iter()
-            .filter(|u| mode.writable() || !u.read_only)
-            .collect();
-        let mut devices = Vec::with_capacity(relevant.len());
-        for u in &relevant {
-            devices.push(loop_devnum(u.number)?);
-        }
-        if let Some(u) = sharing::conflict(store, inv, frontend, mode, &devices)? {
-            let through = relevant
-                .iter()
-                .zip(&devices)
-                .find(|(_, d)| **d == u.device())
-                .map(|(l, _)| format!("/dev/loop{}", l.number))
-                .unwrap_or_else(|| u.device().to_node());
-            return Err(Busy(format!(
-                "File {} is attached through {through}, which is {}, and so it cannot be attached {} to domain {frontend}",
-                path.display(),
-                u.describe(),
-                mode.describe()
-            ))
-            .into());
-        }
-    }
     if job.dry_run {
+        check_sharing(store, inv, frontend, path, stat, mode, None)?;
         println!(
             "would attach {} {} to a free loop device",
             path.display(),
@@ -104,6 +67,12 @@ pub fn add(
         );
         return Ok(());
     }
+    // Attached before the lock: LOOP_CONFIGURE takes milliseconds (the
+    // kernel freezes the queue), and a storm of adds would queue behind
+    // it. That is safe because a loop device only counts as a guest's user
+    // through a backend's physical-device, which is checked and written
+    // under the lock: of two racing adds of one image, the second to take
+    // the lock sees the first's physical-device and refuses.
     let attached = loopdev::attach_in(
         file,
         path,
@@ -112,6 +81,23 @@ pub fn add(
         store.identity(),
     )
     .with_context(|| format!("attaching {} to a loop device", path.display()))?;
+    let _lock = job.lock()?;
+    // Two adds of one backend may race (udev and a person); the second to
+    // get the lock finds the first's physical-device and stops (its own
+    // device is detached as `attached` drops).
+    if let Some(pd) = store.read(&inv.node("physical-device"))? {
+        log::info!("physical-device {pd} was written meanwhile: nothing to do");
+        return Ok(());
+    }
+    check_sharing(
+        store,
+        inv,
+        frontend,
+        path,
+        stat,
+        mode,
+        Some(attached.number()),
+    )?;
     let (major, minor) = attached.major_minor();
     let dev_path = attached.path().to_string_lossy().into_owned();
     let out = Outputs {
@@ -127,6 +113,52 @@ pub fn add(
     job.commit(store, &out)?;
     attached.keep();
     Ok(())
+}
+
+/// Refuses (Busy) when the image's other loop devices are in a use that
+/// `mode` may not share; `own` is the device this add attached.
+fn check_sharing(
+    store: &Store,
+    inv: &crate::invocation::Invocation,
+    frontend: u32,
+    path: &Path,
+    stat: &FileStat,
+    mode: Mode,
+    own: Option<u32>,
+) -> Result<()> {
+    if mode == Mode::Unchecked {
+        return Ok(());
+    }
+    // Through a read-only loop device nobody can write: a reader only
+    // has to look at the writable ones.
+    let users = loopdev::users_of_image(
+        stat.st_dev,
+        stat.st_ino,
+        stat.st_size as u64,
+        !mode.writable(),
+    )
+    .with_context(|| format!("finding the loop devices of {}", path.display()))?;
+    let relevant: Vec<&LoopStatus> = users.iter().filter(|u| Some(u.number) != own).collect();
+    let mut devices = Vec::with_capacity(relevant.len());
+    for u in &relevant {
+        devices.push(loop_devnum(u.number)?);
+    }
+    let Some(u) = sharing::conflict(store, inv, frontend, mode, &devices)? else {
+        return Ok(());
+    };
+    let through = relevant
+        .iter()
+        .zip(&devices)
+        .find(|(_, d)| **d == u.device())
+        .map(|(l, _)| format!("/dev/loop{}", l.number))
+        .unwrap_or_else(|| u.device().to_node());
+    Err(Busy(format!(
+        "File {} is attached through {through}, which is {}, and so it cannot be attached {} to domain {frontend}",
+        path.display(),
+        u.describe(),
+        mode.describe()
+    ))
+    .into())
 }
 
 /// Whether remove may detach a loop device, and why not.

@@ -111,7 +111,12 @@ impl Bed {
     /// The binary with the bed's store, lock and script dir, in libxl's
     /// environment for `backend`, nothing else inherited.
     pub fn command(&self, backend: &str) -> Command {
-        let mut c = Command::new(BIN);
+        self.command_of(Path::new(BIN), backend)
+    }
+
+    /// `command` for another build of the binary (the benchmark's static one).
+    pub fn command_of(&self, program: &Path, backend: &str) -> Command {
+        let mut c = Command::new(program);
         c.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("XENSTORED_PATH", self.sim.socket_path())

@@ -1,0 +1,620 @@
+//! Our binary against Debian's stock `block` script, side by side on one
+//! simulated xenstore with real loop devices, under the real hotplug lock
+//! (`/var/run/xen-hotplug/block`, the stock script's fixed path).
+//!
+//!     tests/prepare.sh && cargo bench --bench hotplug [-- --smoke]
+//!
+//! Scenarios (each run interleaves the two peers, alternating who goes first):
+//! - cycle: one file add, then its remove;
+//! - storm: 32 concurrent file adds (makespan), then 32 concurrent removes;
+//! - phy400: one phy add with 400 other vbd backends holding a physical-device;
+//! - shared50: a read-only file add of an image already attached read-only
+//!   for 50 other domains.
+//!
+//! For ours alone: xenstore requests per add and remove (counted by the
+//! simulator), round trips and time holding the lock (from the binary's -v
+//! lines), peak RSS (VmHWM, from the same lines: wait4's maxrss would count
+//! the bench's own pages from before exec) and the binary's size. Every loop
+//! device is detached by the test bed's guard, even on a panic.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Bed, BIN};
+use nix::libc;
+use xen_block_hotplug::loopdev;
+
+const STOCK: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/stock/etc/xen/scripts/block"
+);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Peer {
+    Ours,
+    Stock,
+}
+
+const PEERS: [Peer; 2] = [Peer::Ours, Peer::Stock];
+
+/// One finished child: how long it ran, its exit status, its peak RSS.
+struct Done {
+    elapsed: Duration,
+    status: ExitStatus,
+    maxrss_kib: i64,
+    stderr: String,
+}
+
+/// Waits for `child` with wait4, for its own rusage (RUSAGE_CHILDREN would
+/// mix the two peers).
+fn reap(mut child: std::process::Child, start: Instant) -> Done {
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; wait4 fills it in.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: waiting for our own child, with valid out-pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
+    Done {
+        elapsed: start.elapsed(),
+        status: ExitStatus::from_raw(status),
+        maxrss_kib: ru.ru_maxrss,
+        stderr,
+    }
+}
+
+struct Bench {
+    bed: Bed,
+    next_domid: u32,
+    /// Per-run verbose mode for ours: its -v lines are parsed.
+    verbose: bool,
+    stock_failures: usize,
+    /// Our binary: XBH_BIN (benches/run.sh points it at the static build),
+    /// else the one cargo built for this bench.
+    ours: PathBuf,
+}
+
+/// What one of our verbose runs said about itself.
+#[derive(Default, Clone, Copy)]
+struct SelfReport {
+    lock_held_us: Option<u64>,
+    round_trips: Option<u64>,
+    peak_rss_kib: Option<u64>,
+}
+
+fn parse_self_report(stderr: &str) -> SelfReport {
+    let mut r = SelfReport::default();
+    for l in stderr.lines() {
+        if let Some(rest) = l.split("holding it for ").nth(1) {
+            r.lock_held_us = rest.trim_end_matches(" us").trim().parse().ok();
+        }
+        if let Some(rest) = l.split(" requests in ").nth(1) {
+            r.round_trips = rest.trim_end_matches(" round trips").trim().parse().ok();
+        }
+        if let Some(rest) = l.split("peak RSS ").nth(1) {
+            r.peak_rss_kib = rest.trim_end_matches(" kB").trim().parse().ok();
+        }
+    }
+    r
+}
+
+impl Bench {
+    fn domid(&mut self) -> u32 {
+        self.next_domid += 1;
+        self.next_domid
+    }
+
+    fn command(&self, peer: Peer, backend: &str, action: &str) -> Command {
+        let mut c = match peer {
+            Peer::Ours => {
+                let mut c = self.bed.command_of(&self.ours, backend);
+                // The real lock, shared with the stock script: a fair comparison.
+                c.env_remove("XEN_BLOCK_HOTPLUG_LOCK").arg(action);
+                if self.verbose {
+                    c.arg("-v");
+                }
+                c
+            }
+            Peer::Stock => {
+                let mut c = Command::new("bash");
+                c.arg(STOCK)
+                    .arg(action)
+                    .env_clear()
+                    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                    .env("XENSTORED_PATH", self.bed.sim.socket_path())
+                    .env("XENBUS_PATH", backend)
+                    .env("XENBUS_TYPE", "vbd")
+                    .env("XENBUS_BASE_PATH", "backend")
+                    .stdin(Stdio::null());
+                c
+            }
+        };
+        // stderr is kept for a failure's explanation (and for -v's lines).
+        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c
+    }
+
+    fn spawn(&self, peer: Peer, backend: &str, action: &str) -> (std::process::Child, Instant) {
+        let start = Instant::now();
+        let child = self
+            .command(peer, backend, action)
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {peer:?} {action}: {e}"));
+        (child, start)
+    }
+
+    /// Runs one peer to completion. Ours must succeed; a failure of the
+    /// stock script (its free-device search races with other users of
+    /// loop devices) is counted, shown, and the sample dropped.
+    fn run(&mut self, peer: Peer, backend: &str, action: &str) -> Option<Done> {
+        let (c, s) = self.spawn(peer, backend, action);
+        let d = reap(c, s);
+        if d.status.success() {
+            return Some(d);
+        }
+        let why = format!(
+            "{peer:?} {action} {backend} failed ({}): hotplug-error {:?}; stderr: {}",
+            d.status,
+            self.bed.node(backend, "hotplug-error"),
+            d.stderr
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        assert!(peer == Peer::Stock, "{why}");
+        eprintln!("{why}");
+        self.stock_failures += 1;
+        None
+    }
+
+    fn expect_connected(&self, peer: Peer, backend: &str) {
+        let st = self.bed.node(backend, "hotplug-status");
+        assert_eq!(
+            st.as_deref(),
+            Some("connected"),
+            "{peer:?} add of {backend} did not connect"
+        );
+    }
+
+    /// Forgets a backend and its domain, as the toolstack does after remove.
+    fn forget(&self, domid: u32) {
+        self.bed
+            .sim
+            .rm(&format!("/local/domain/0/backend/vbd/{domid}"));
+        self.bed.sim.rm(&format!("/local/domain/{domid}"));
+    }
+
+    /// Detaches whatever is left on these images of the bench's own
+    /// directory (after a failed stock run).
+    fn scrub(&self, imgs: &[&Path]) {
+        for img in imgs {
+            for st in self.bed.loops_of(img) {
+                let _ = loopdev::detach(st.number);
+            }
+        }
+    }
+
+    /// Waits (at most 2 s) until `img` has `n` loop devices: a detach is
+    /// finished by the kernel once the last opener (udev's probe) closes.
+    fn settle(&self, img: &Path, n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let now = self.bed.loops_of(img).len();
+            if now == n || Instant::now() >= deadline {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.bed.sim.request_count()
+    }
+}
+
+/// Timings and, for ours, what the runs said about themselves.
+#[derive(Default)]
+struct Series {
+    times: Vec<Duration>,
+    requests: Vec<u64>,
+    reports: Vec<SelfReport>,
+    maxrss_kib: i64,
+}
+
+impl Series {
+    fn push(&mut self, d: &Done, requests: u64) {
+        self.times.push(d.elapsed);
+        self.requests.push(requests);
+        self.reports.push(parse_self_report(&d.stderr));
+        self.maxrss_kib = self.maxrss_kib.max(d.maxrss_kib);
+    }
+}
+
+fn median<T: Copy + Ord>(v: &[T]) -> Option<T> {
+    let mut s = v.to_vec();
+    s.sort_unstable();
+    s.get(s.len() / 2).copied()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// One scenario's figures for both peers.
+struct Row {
+    name: &'static str,
+    target: f64,
+    ours: Series,
+    stock: Series,
+}
+
+impl Row {
+    fn new(name: &'static str, target: f64) -> Row {
+        Row {
+            name,
+            target,
+            ours: Series::default(),
+            stock: Series::default(),
+        }
+    }
+    fn series(&mut self, p: Peer) -> &mut Series {
+        match p {
+            Peer::Ours => &mut self.ours,
+            Peer::Stock => &mut self.stock,
+        }
+    }
+}
+
+/// Alternates who goes first, so neither peer always finds a warm cache.
+fn order(i: usize) -> [Peer; 2] {
+    if i % 2 == 0 {
+        PEERS
+    } else {
+        [Peer::Stock, Peer::Ours]
+    }
+}
+
+fn cycle(b: &mut Bench, iters: usize, img: &Path) -> (Row, Series) {
+    let mut add = Row::new("cycle", 0.04);
+    let mut remove = Series::default();
+    for i in 0..iters {
+        for peer in order(i) {
+            let d = b.domid();
+            let be = b.bed.backend(d, 51712, "file", &img.to_string_lossy(), "w");
+            let r0 = b.requests();
+            let a = b.run(peer, &be, "add");
+            let r1 = b.requests();
+            let r = a.as_ref().and_then(|_| {
+                b.expect_connected(peer, &be);
+                b.run(peer, &be, "remove")
+            });
+            let r2 = b.requests();
+            if let (Some(a), Some(r)) = (a, r) {
+                assert_eq!(b.settle(img, 0), 0, "{peer:?} remove left {img:?} attached");
+                let s = add.series(peer);
+                s.times.push(a.elapsed + r.elapsed);
+                s.requests.push(r1 - r0);
+                s.reports.push(parse_self_report(&a.stderr));
+                s.maxrss_kib = s.maxrss_kib.max(a.maxrss_kib).max(r.maxrss_kib);
+                if peer == Peer::Ours {
+                    remove.push(&r, r2 - r1);
+                }
+            }
+            b.scrub(&[img]);
+            b.forget(d);
+        }
+    }
+    (add, remove)
+}
+
+const STORM: usize = 32;
+
+fn storm(b: &mut Bench, iters: usize, imgs: &[PathBuf]) -> (Row, Row) {
+    let mut adds = Row::new("storm", 0.015);
+    let mut removes = Row::new("storm-rm", f64::NAN);
+    for i in 0..iters {
+        for peer in order(i) {
+            let doms: Vec<u32> = (0..STORM).map(|_| b.domid()).collect();
+            let bes: Vec<String> = doms
+                .iter()
+                .zip(imgs)
+                .map(|(d, img)| {
+                    b.bed
+                        .backend(*d, 51712, "file", &img.to_string_lossy(), "w")
+                })
+                .collect();
+            let mut failed = false;
+            for (action, row) in [("add", &mut adds), ("remove", &mut removes)] {
+                let start = Instant::now();
+                let children: Vec<_> = bes.iter().map(|be| b.spawn(peer, be, action)).collect();
+                let mut rss = 0;
+                for ((c, s), be) in children.into_iter().zip(&bes) {
+                    let d = reap(c, s);
+                    if !d.status.success() {
+                        let why = format!(
+                            "{peer:?} storm {action} {be} failed ({}): {:?}",
+                            d.status,
+                            b.bed.node(be, "hotplug-error")
+                        );
+                        assert!(peer == Peer::Stock, "{why}");
+                        eprintln!("{why}");
+                        b.stock_failures += 1;
+                        failed = true;
+                    }
+                    rss = rss.max(d.maxrss_kib);
+                }
+                let elapsed = start.elapsed();
+                if action == "add" && !failed {
+                    for be in &bes {
+                        b.expect_connected(peer, be);
+                    }
+                }
+                // A stock storm with failures still counts: a host waits
+                // that long too (its failed adds are the quick ones).
+                let s = row.series(peer);
+                s.times.push(elapsed);
+                s.maxrss_kib = s.maxrss_kib.max(rss);
+            }
+            if !failed {
+                for img in imgs {
+                    assert_eq!(b.settle(img, 0), 0, "{peer:?} storm leaked");
+                }
+            }
+            let all: Vec<&Path> = imgs.iter().map(PathBuf::as_path).collect();
+            b.scrub(&all);
+            for d in doms {
+                b.forget(d);
+            }
+        }
+    }
+    (adds, removes)
+}
+
+fn phy400(b: &mut Bench, iters: usize, img: &Path) -> Row {
+    let mut row = Row::new("phy400", 0.02);
+    let others: Vec<u32> = (0..400).map(|_| b.domid()).collect();
+    for (i, d) in others.iter().enumerate() {
+        let be = b
+            .bed
+            .backend(*d, 51712, "phy", &format!("/dev/mapper/vg-g{i}"), "w");
+        // Device-mapper numbers: none is the loop device under test.
+        b.bed.sim.write(
+            &format!("/local/domain/0/{be}/physical-device"),
+            &format!("fd:{i:x}"),
+        );
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .expect("opening the phy image");
+    // Detached on drop, and by the bed's guard after a panic.
+    let dev = loopdev::attach(&f, img, false, "xbh-bench").expect("attaching the phy device");
+    let path = dev.path().to_string_lossy().into_owned();
+    for i in 0..iters {
+        for peer in order(i) {
+            let d = b.domid();
+            let be = b.bed.backend(d, 51712, "phy", &path, "w");
+            let r0 = b.requests();
+            let a = b.run(peer, &be, "add");
+            let r1 = b.requests();
+            if let Some(a) = a {
+                b.expect_connected(peer, &be);
+                row.series(peer).push(&a, r1 - r0);
+                b.run(peer, &be, "remove");
+            }
+            b.forget(d);
+        }
+    }
+    drop(dev);
+    for d in others {
+        b.forget(d);
+    }
+    row
+}
+
+fn shared50(b: &mut Bench, iters: usize, img: &Path) -> Row {
+    let mut row = Row::new("shared50", 0.1);
+    let img_s = img.to_string_lossy().into_owned();
+    let others: Vec<(u32, String)> = (0..50)
+        .map(|_| {
+            let d = b.domid();
+            (d, b.bed.backend(d, 51712, "file", &img_s, "r"))
+        })
+        .collect();
+    let verbose = std::mem::replace(&mut b.verbose, false);
+    for (_, be) in &others {
+        b.run(Peer::Ours, be, "add");
+    }
+    b.verbose = verbose;
+    let base: Vec<u32> = b.bed.loops_of(img).iter().map(|s| s.number).collect();
+    assert_eq!(base.len(), 50, "the 50 users are attached");
+    for i in 0..iters {
+        for peer in order(i) {
+            let d = b.domid();
+            let be = b.bed.backend(d, 51712, "file", &img_s, "r");
+            let r0 = b.requests();
+            let a = b.run(peer, &be, "add");
+            let r1 = b.requests();
+            if let Some(a) = a {
+                b.expect_connected(peer, &be);
+                row.series(peer).push(&a, r1 - r0);
+                b.run(peer, &be, "remove");
+            }
+            // A failed stock run may have left its device: detach any but the 50.
+            for st in b.bed.loops_of(img) {
+                if !base.contains(&st.number) {
+                    let _ = loopdev::detach(st.number);
+                }
+            }
+            assert_eq!(b.settle(img, 50), 50, "{peer:?} remove");
+            b.forget(d);
+        }
+    }
+    for (d, be) in others {
+        b.run(Peer::Ours, &be, "remove");
+        b.forget(d);
+    }
+    row
+}
+
+fn fmt_series(s: &Series) -> String {
+    let (Some(med), Some(min), Some(max)) =
+        (median(&s.times), s.times.iter().min(), s.times.iter().max())
+    else {
+        return "-".into();
+    };
+    format!("{:9.2} ms ({:.2}..{:.2})", ms(med), ms(*min), ms(*max))
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "\n{:<9} {:>32} {:>32} {:>10} {:>8}",
+        "scenario", "ours median (min..max)", "stock median (min..max)", "ours/stock", "target"
+    );
+    for r in rows {
+        let ratio = match (median(&r.ours.times), median(&r.stock.times)) {
+            (Some(o), Some(s)) if !s.is_zero() => o.as_secs_f64() / s.as_secs_f64(),
+            _ => f64::NAN,
+        };
+        let target = if r.target.is_nan() {
+            "-".to_string()
+        } else {
+            let ok = if ratio <= r.target { "met" } else { "MISSED" };
+            format!("<={} {ok}", r.target)
+        };
+        println!(
+            "{:<9} {:>32} {:>32} {:>10.4} {:>8}",
+            r.name,
+            fmt_series(&r.ours),
+            fmt_series(&r.stock),
+            ratio,
+            target
+        );
+    }
+}
+
+fn describe_self(name: &str, s: &Series) {
+    let held: Vec<u64> = s.reports.iter().filter_map(|r| r.lock_held_us).collect();
+    let rts: Vec<u64> = s.reports.iter().filter_map(|r| r.round_trips).collect();
+    let fmt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    println!(
+        "{:<14} {:>9} {:>12} {:>15} {:>13}",
+        name,
+        fmt(median(&s.requests)),
+        fmt(median(&rts)),
+        fmt(median(&held)),
+        fmt(held.iter().max().copied()),
+    );
+}
+
+struct Opts {
+    smoke: bool,
+    iters: Option<usize>,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        smoke: false,
+        iters: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--smoke" => o.smoke = true,
+            "--iters" => o.iters = args.next().and_then(|n| n.parse().ok()),
+            // cargo bench passes --bench; filters and the like do not apply.
+            _ => {}
+        }
+    }
+    o
+}
+
+fn main() {
+    let o = opts();
+    if !common::can_loop("benchmark") {
+        return;
+    }
+    if !Path::new(STOCK).is_file() {
+        eprintln!("benchmark: {STOCK} is missing: run tests/prepare.sh first");
+        std::process::exit(1);
+    }
+    let base = o.iters.unwrap_or(if o.smoke { 1 } else { 20 });
+    let few = o.iters.unwrap_or(if o.smoke { 1 } else { 5 });
+    let mut b = Bench {
+        bed: Bed::new("bench"),
+        next_domid: 100,
+        verbose: false,
+        stock_failures: 0,
+        ours: std::env::var_os("XBH_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from),
+    };
+    let img = b.bed.image("cycle.img", 8);
+    let imgs: Vec<PathBuf> = (0..STORM)
+        .map(|i| b.bed.image(&format!("storm{i}.img"), 8))
+        .collect();
+    let phy = b.bed.image("phy.img", 8);
+    let shared = b.bed.image("shared.img", 8);
+
+    println!(
+        "xen-block-hotplug benchmark: ours {}\n  stock {STOCK}\n  lock /var/run/xen-hotplug/block, \
+         {base} cycles and shared50 runs, {few} storms and phy400 runs per peer",
+        b.ours.display()
+    );
+    // Warm both peers' pages (binary, bash, xenstore-utils) before timing.
+    cycle(&mut b, 1, &img);
+
+    let (c, _) = cycle(&mut b, base, &img);
+    let (st, st_rm) = storm(&mut b, few, &imgs);
+    let p = phy400(&mut b, few, &phy);
+    let s = shared50(&mut b, base, &shared);
+    let rows = [c, st, st_rm, p, s];
+    print_rows(&rows);
+
+    // Ours alone, with -v: what each run says about its lock and round trips.
+    b.verbose = true;
+    let n = if o.smoke { 1 } else { 10 };
+    let (c_add, c_rm) = cycle(&mut b, n, &img);
+    let p = phy400(&mut b, n, &phy);
+    let s = shared50(&mut b, n, &shared);
+    println!(
+        "\nours alone (-v runs, medians)\n{:<14} {:>9} {:>12} {:>15} {:>13}",
+        "", "requests", "round trips", "lock held (us)", "max held (us)"
+    );
+    describe_self("file add", &c_add.ours);
+    describe_self("file remove", &c_rm);
+    describe_self("phy400 add", &p.ours);
+    describe_self("shared50 add", &s.ours);
+    let rss = [&c_add.ours, &c_rm, &p.ours, &s.ours]
+        .iter()
+        .flat_map(|s| s.reports.iter().filter_map(|r| r.peak_rss_kib))
+        .max()
+        .unwrap_or(0);
+    let size = std::fs::metadata(&b.ours).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "peak RSS {:.2} MiB (VmHWM); binary {:.2} MiB",
+        rss as f64 / 1024.0,
+        size as f64 / (1024.0 * 1024.0)
+    );
+    if b.stock_failures > 0 {
+        println!(
+            "stock script failures (samples dropped): {}",
+            b.stock_failures
+        );
+    }
+    let leaked = b.bed.loops_of(&img).len()
+        + imgs.iter().map(|i| b.bed.loops_of(i).len()).sum::<usize>()
+        + b.bed.loops_of(&shared).len();
+    assert_eq!(leaked, 0, "loop devices left attached");
+}
