@@ -95,10 +95,21 @@ fn ours(store: &Store) -> Result<Vec<(LoopStatus, String)>> {
             continue;
         }
         let key = key.to_owned();
-        if loopdev::recorded_store(st.number)
+        let Some(record) = loopdev::record(st.number)
             .with_context(|| format!("examining /dev/loop{}", st.number))?
-            != store.identity()
-        {
+        else {
+            continue;
+        };
+        if record.store != store.identity() {
+            continue;
+        }
+        // Adds attach before they take the lock: a device whose attaching
+        // process still runs may be one that has yet to write physical-device.
+        if record.owner_alive() {
+            log::debug!(
+                "/dev/loop{}: its add is still running, left alone",
+                st.number
+            );
             continue;
         }
         found.push((st, key));

@@ -1,6 +1,7 @@
 //! Where log lines go: syslog (facility daemon, as the stock scripts'
 //! `logger -p daemon.LEVEL`), /var/log/xen/xen-hotplug.log when /var/log/xen
-//! exists (the stock scripts append their stderr there), and stderr when it
+//! exists (the stock scripts append their stderr there), and stderr for
+//! errors always, for everything when it
 //! is a terminal or `-v` was given.
 
 use std::fs::{File, OpenOptions};
@@ -94,7 +95,8 @@ impl Log for Sinks {
             Some(s) => format!("{s}: {}", r.args()),
             None => r.args().to_string(),
         };
-        if self.stderr {
+        // Errors always reach stderr: libxl logs a failing script's stderr.
+        if self.stderr || r.level() == Level::Error {
             let tag = match r.level() {
                 Level::Error => "error: ",
                 Level::Warn => "warning: ",

@@ -193,6 +193,43 @@ fn store_line(store: &str) -> String {
     }
 }
 
+/// The process that attaches a device, as `owner PID STARTTIME`: while it
+/// lives, the device may belong to an add in progress, which `cleanup` must
+/// not take for an orphan (the start time tells a re-used pid apart).
+fn owner_line() -> String {
+    match process_start(std::process::id()) {
+        Some(t) => format!("owner {} {t}\n", std::process::id()),
+        None => String::new(),
+    }
+}
+
+/// Field 22 of /proc/PID/stat (start time in clock ticks since boot); the
+/// command name before it may hold spaces and parentheses, so parse after
+/// its last `)`.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What the record of a device's current binding says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    pub tag: String,
+    /// The store the backend lives in; empty for the host's own.
+    pub store: String,
+    /// (pid, start time) of the process that attached it.
+    pub owner: Option<(u32, u64)>,
+}
+
+impl Record {
+    /// The attaching process still runs: its add may be in progress.
+    pub fn owner_alive(&self) -> bool {
+        self.owner
+            .is_some_and(|(pid, start)| process_start(pid) == Some(start))
+    }
+}
+
 /// Records `tag` for /dev/loopN, replacing the file atomically.
 fn write_record(number: u32, line: &str) -> io::Result<()> {
     fs::create_dir_all(RECORD_DIR)?;
@@ -201,9 +238,8 @@ fn write_record(number: u32, line: &str) -> io::Result<()> {
     fs::rename(&tmp, record_path(number))
 }
 
-/// The recorded (tag, store) of /dev/loopN if the record describes its
-/// current binding; the store is empty for the host's own.
-fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<(String, String)> {
+/// The record of /dev/loopN if it describes the device's current binding.
+fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<Record> {
     let binding = record_line(info, diskseq, "");
     let binding = binding.trim_end_matches('\n');
     let text = fs::read_to_string(record_path(number))
@@ -215,12 +251,21 @@ fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<
         None => (fs::read_to_string(pending_of(info, number)?).ok()?, ""),
     };
     let mut lines = text.lines();
-    let tag = lines.next()?.strip_prefix(prefix)?;
-    let store = lines
-        .next()
-        .and_then(|l| l.strip_prefix("store "))
-        .unwrap_or("");
-    Some((tag.to_owned(), store.to_owned()))
+    let mut record = Record {
+        tag: lines.next()?.strip_prefix(prefix)?.to_owned(),
+        ..Record::default()
+    };
+    for l in lines {
+        if let Some(st) = l.strip_prefix("store ") {
+            record.store = st.to_owned();
+        } else if let Some(o) = l.strip_prefix("owner ") {
+            let mut it = o.split(' ').map(str::parse::<u64>);
+            if let (Some(Ok(pid)), Some(Ok(start))) = (it.next(), it.next()) {
+                record.owner = u32::try_from(pid).ok().map(|p| (p, start));
+            }
+        }
+    }
+    Some(record)
 }
 
 /// NUL-padded copy of `s`, cut to 63 bytes so the last byte stays NUL.
@@ -286,6 +331,7 @@ fn attach_with(
         .write(true)
         .open("/dev/loop-control")?;
     static PENDING_IDS: AtomicU64 = AtomicU64::new(0);
+    let owner = owner_line();
     let mut info = loop_info64::ZERO;
     info.lo_crypt_name = name_field(tag.as_bytes());
     // Never LO_FLAGS_AUTOCLEAR: blkback opens the device after we close ours.
@@ -317,7 +363,11 @@ fn attach_with(
         fs::create_dir_all(RECORD_DIR)?;
         fs::write(
             &pending,
-            format!("{}\n{}", field_str(&info.lo_crypt_name), store_line(store)),
+            format!(
+                "{}\n{}{owner}",
+                field_str(&info.lo_crypt_name),
+                store_line(store)
+            ),
         )?;
         let bound = if use_configure {
             let config = loop_config {
@@ -357,6 +407,7 @@ fn attach_with(
         let seq = get_diskseq(&attached.device)?;
         let mut line = record_line(&bound, seq, &field_str(&info.lo_crypt_name));
         line.push_str(&store_line(store));
+        line.push_str(&owner);
         write_record(number, &line)?;
         if let Some(p) = attached.pending.take() {
             let _ = fs::remove_file(p);
@@ -389,7 +440,7 @@ pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
     let mut tag = field_str(&info.lo_crypt_name);
     if tag.is_empty() {
         tag = read_record(number, &info, get_diskseq(&device)?)
-            .map(|(t, _)| t)
+            .map(|r| r.tag)
             .unwrap_or_default();
     }
     let sysfs = format!("/sys/block/loop{number}/loop/backing_file");
@@ -407,13 +458,13 @@ pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
     }))
 }
 
-/// The store whose backend /dev/loopN was attached for, as recorded: empty
-/// for the host's own store or when there is no record of its binding.
-pub fn recorded_store(number: u32) -> io::Result<String> {
+/// The record of /dev/loopN's current binding; None when it is free or
+/// there is no record of this binding (not attached by us).
+pub fn record(number: u32) -> io::Result<Option<Record>> {
     let device = match File::open(dev_path(number)) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) => {
-            return Ok(String::new())
+            return Ok(None)
         }
         Err(e) => return Err(e),
     };
@@ -421,17 +472,16 @@ pub fn recorded_store(number: u32) -> io::Result<String> {
     // SAFETY: the kernel fills `info`.
     match unsafe { loop_get_status64(device.as_raw_fd(), &mut info) } {
         Ok(_) => {}
-        Err(Errno::ENXIO) => return Ok(String::new()),
+        Err(Errno::ENXIO) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    Ok(read_record(number, &info, get_diskseq(&device)?)
-        .map(|(_, s)| s)
-        .unwrap_or_default())
+    Ok(read_record(number, &info, get_diskseq(&device)?))
 }
 
 /// Removes pending records no binding names any more (left by a process
 /// killed before binding, or after its final record); returns how many.
-/// Call under the hotplug lock, which attaches are made under.
+/// A record whose attaching process still runs is kept: attaches are made
+/// outside the hotplug lock.
 pub fn prune_pending() -> io::Result<usize> {
     let entries = match fs::read_dir(RECORD_DIR) {
         Ok(e) => e,
@@ -461,9 +511,32 @@ pub fn prune_pending() -> io::Result<usize> {
             unsafe { loop_get_status64(d.as_raw_fd(), &mut info) }.ok()?;
             pending_of(&info, number)
         });
-        if named.as_deref() != Some(entry.path().as_path()) {
-            fs::remove_file(entry.path())?;
-            pruned += 1;
+        if named.as_deref() == Some(entry.path().as_path()) {
+            continue;
+        }
+        // An attach in progress writes its pending record before binding.
+        let text = match fs::read_to_string(entry.path()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let alive = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("owner "))
+            .any(|o| {
+                let mut it = o.split(' ');
+                let pid = it.next().and_then(|p| p.parse().ok());
+                let start = it.next().and_then(|t| t.parse().ok());
+                matches!((pid, start), (Some(p), Some(t)) if process_start(p) == Some(t))
+            });
+        if alive {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => pruned += 1,
+            // Its attach finished (or another cleanup pruned it) meanwhile.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(pruned)
@@ -779,10 +852,14 @@ mod tests {
         let dir = TempDir::new();
         let (path, image) = dir.image("disk.img", true);
         let dev = attach_in(&image, &path, false, "xbh:x", "/tmp/sim/socket").unwrap();
-        assert_eq!(recorded_store(dev.number()).unwrap(), "/tmp/sim/socket");
+        let r = record(dev.number()).unwrap().unwrap();
+        assert_eq!(r.store, "/tmp/sim/socket");
+        // The attaching process (this test) is alive: an add in progress.
+        assert_eq!(r.owner.map(|(pid, _)| pid), Some(std::process::id()));
+        assert!(r.owner_alive());
         assert_eq!(status(dev.number()).unwrap().unwrap().tag, "xbh:x");
         let host = attach(&image, &path, false, "xbh:y").unwrap();
-        assert_eq!(recorded_store(host.number()).unwrap(), "");
+        assert_eq!(record(host.number()).unwrap().unwrap().store, "");
     }
 
     #[test]
@@ -800,9 +877,12 @@ mod tests {
         // As a process killed between binding and recording leaves it.
         fs::remove_file(record_path(number)).unwrap();
         let pending = pending_of(&info, number).expect("a pending marker");
-        fs::write(&pending, "xbh:k\nstore /s\n").unwrap();
+        // Its owner: a process that cannot exist (above the largest pid_max).
+        fs::write(&pending, "xbh:k\nstore /s\nowner 4194305 1\n").unwrap();
         assert_eq!(status(number).unwrap().unwrap().tag, "xbh:k");
-        assert_eq!(recorded_store(number).unwrap(), "/s");
+        let r = record(number).unwrap().unwrap();
+        assert_eq!(r.store, "/s");
+        assert!(!r.owner_alive());
         assert_eq!(
             status(number).unwrap().unwrap().backing_file,
             path.to_str().unwrap()

@@ -196,7 +196,8 @@ fn remove_racing_backend_deletion_leaves_nothing_after_cleanup() {
     for d in 1..=16u32 {
         let img = bed.image(&format!("x{d}.img"), 1);
         let b = bed.backend(d, 51712, "file", img.to_str().unwrap(), "w");
-        assert_eq!(bed.run("add", &b).code, 0);
+        let r = bed.run("add", &b);
+        assert_eq!(r.code, 0, "add {b}: {}", r.stderr);
         // xen-hotplug-cleanup deletes the backend while remove runs.
         let r = std::thread::scope(|s| {
             let h = s.spawn(|| bed.run("remove", &b));
@@ -205,7 +206,8 @@ fn remove_racing_backend_deletion_leaves_nothing_after_cleanup() {
             h.join().unwrap()
         });
         assert!(matches!(r.code, 0 | 1), "{}", r.stderr);
-        assert_eq!(bed.cleanup(&[]).code, 0);
+        let c = bed.cleanup(&[]);
+        assert_eq!(c.code, 0, "cleanup: {}", c.stderr);
         assert!(bed.loops_of(&img).is_empty(), "{b}");
     }
 }
