@@ -39,7 +39,10 @@ impl Drop for Bed {
         // Whatever the test did, detach every loop device backed by a file
         // of this bed's directory (and only those).
         for st in loopdev::all_bound().unwrap_or_default() {
-            if st.backing_file.starts_with(self.dir.to_string_lossy().as_ref()) {
+            if st
+                .backing_file
+                .starts_with(self.dir.to_string_lossy().as_ref())
+            {
                 let _ = loopdev::detach(st.number);
             }
         }
@@ -100,7 +103,10 @@ impl Bed {
         let abs = format!("/local/domain/0/{b}");
         for (k, v) in [
             ("frontend-id", domid.to_string()),
-            ("frontend", format!("/local/domain/{domid}/device/vbd/{devid}")),
+            (
+                "frontend",
+                format!("/local/domain/{domid}/device/vbd/{devid}"),
+            ),
             ("type", ty.to_string()),
             ("params", params.to_string()),
             ("mode", mode.to_string()),
@@ -109,7 +115,10 @@ impl Bed {
         ] {
             self.sim.write(&format!("{abs}/{k}"), &v);
         }
-        self.sim.write(&format!("/local/domain/{domid}/vm"), &format!("/vm/test-{domid}"));
+        self.sim.write(
+            &format!("/local/domain/{domid}/vm"),
+            &format!("/vm/test-{domid}"),
+        );
         b
     }
 
