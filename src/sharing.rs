@@ -134,7 +134,9 @@ pub struct DomVm {
 /// script let a domain without one share with anybody).
 pub fn same_vm(me: &DomVm, other: &DomVm) -> bool {
     let mine = me.vm.as_deref().map(|v| v.strip_suffix("-1").unwrap_or(v));
-    let eq = |a: Option<&str>, b: Option<&str>| matches!((a, b), (Some(x), Some(y)) if x == y);
+    // An empty `vm` names no VM either: two guests whose nodes are both
+    // empty are not thereby one VM.
+    let eq = |a: Option<&str>, b: Option<&str>| matches!((a, b), (Some(x), Some(y)) if x == y && !x.is_empty());
     let (tv, ov, otv) = (
         me.target_vm.as_deref(),
         other.vm.as_deref(),
@@ -324,6 +326,9 @@ mod tests {
         ));
         // Missing vm paths never meet.
         assert!(!same_vm(&d(None, None), &d(None, None)));
+        assert!(!same_vm(&d(Some(""), None), &d(Some(""), None)));
+        assert!(!same_vm(&d(Some("-1"), None), &d(Some(""), None)));
+        assert!(!same_vm(&d(None, Some("")), &d(Some(""), Some(""))));
         assert!(!same_vm(&d(Some("/vm/a"), None), &d(None, None)));
     }
 
