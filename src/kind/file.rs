@@ -57,7 +57,7 @@ pub fn add(
             inv.backend
         );
     }
-    let frontend = inputs.frontend_domid(inv);
+    let frontend = inputs.frontend_domid(inv)?;
     let _lock = job.lock()?;
     // Two adds of one backend may race (udev and a person); the second to
     // get the lock finds the first's physical-device and stops.
