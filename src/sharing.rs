@@ -94,13 +94,13 @@ fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
-    while i < b.len() {
+    while let Some(&here) = b.get(i) {
         let oct = b.get(i + 1..i + 4).and_then(|d| {
             std::str::from_utf8(d)
                 .ok()
                 .and_then(|d| u8::from_str_radix(d, 8).ok())
         });
-        match (b[i], oct) {
+        match (here, oct) {
             (b'\\', Some(c)) => {
                 out.push(c);
                 i += 4;

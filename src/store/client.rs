@@ -332,7 +332,8 @@ impl Inner {
             self.wait(PollFlags::POLLOUT, deadline)?;
             match self.conn.write(buf) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => buf = &buf[n..],
+                // write() never reports more than it was given.
+                Ok(n) => buf = buf.get(n..).unwrap_or_default(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
@@ -360,7 +361,9 @@ impl Inner {
                         format!("xenstored at {origin} closed the connection"),
                     ))
                 }
-                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self
+                    .rbuf
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
@@ -381,10 +384,11 @@ impl Inner {
                 format!("xenstored sent a {len}-byte message"),
             ));
         }
-        if self.rbuf.len() < HEADER_LEN + len {
+        // Not all of the payload has arrived yet.
+        let Some(payload) = self.rbuf.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
-        }
-        let payload = self.rbuf[HEADER_LEN..HEADER_LEN + len].to_vec();
+        };
+        let payload = payload.to_vec();
         self.rbuf.drain(..HEADER_LEN + len);
         Ok(Some(Message {
             ty: h.ty,
