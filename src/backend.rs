@@ -52,12 +52,21 @@ pub fn read_inputs(store: &Store, inv: &Invocation) -> Result<Inputs> {
 }
 
 impl Inputs {
-    /// The frontend domain: `frontend-id`, else the id in the backend path.
-    pub fn frontend_domid(&self, inv: &Invocation) -> u32 {
-        self.frontend_id
-            .as_deref()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(inv.domid)
+    /// The frontend domain: the id in the backend path, which `frontend-id`
+    /// (when set) must agree with. The sharing rules trust this id to tell
+    /// guests apart, so a `frontend-id` naming another domain (or nothing
+    /// readable) is refused rather than believed: libxl and xend always
+    /// write the path's own domain there.
+    pub fn frontend_domid(&self, inv: &Invocation) -> Result<u32> {
+        match self.frontend_id.as_deref().map(str::trim) {
+            None | Some("") => Ok(inv.domid),
+            Some(s) if s.parse::<u32>().ok() == Some(inv.domid) => Ok(inv.domid),
+            Some(s) => Err(anyhow::anyhow!(
+                "backend {} has frontend-id {s:?}, not the domain {} its path names",
+                inv.backend,
+                inv.domid
+            )),
+        }
     }
 
     /// The recorded diskseq (hex), if any.
@@ -158,6 +167,25 @@ pub fn write_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frontend_id_must_be_the_paths_domain() {
+        use crate::invocation::{Action, Vars};
+        let mut vars = Vars::default();
+        vars.set("XENBUS_PATH", "backend/vbd/5/51728");
+        let inv = Invocation::new(Action::Add, &vars).unwrap();
+        let with = |f: Option<&str>| Inputs {
+            frontend_id: f.map(str::to_string),
+            ..Inputs::default()
+        };
+        for ok in [None, Some(""), Some("5"), Some(" 5\n")] {
+            assert_eq!(with(ok).frontend_domid(&inv).unwrap(), 5, "{ok:?}");
+        }
+        for bad in ["6", "-1", "99999999999999999999", "5x"] {
+            let e = with(Some(bad)).frontend_domid(&inv).unwrap_err();
+            assert!(e.to_string().contains("not the domain 5"), "{e}");
+        }
+    }
 
     #[test]
     fn outputs_order_puts_physical_device_last_but_one() {

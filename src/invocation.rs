@@ -18,9 +18,14 @@ pub struct Vars(HashMap<String, String>);
 
 impl Vars {
     pub fn from_env() -> Vars {
+        // A value that is not UTF-8 is kept (lossily) rather than dropped,
+        // so that a mangled XENBUS_PATH is reported as what it is, not as
+        // unset; the U+FFFD it gains fails every check a path must pass.
         Vars(
             std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .filter_map(|(k, v)| {
+                    Some((k.into_string().ok()?, v.to_string_lossy().into_owned()))
+                })
                 .collect(),
         )
     }

@@ -271,14 +271,15 @@ fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<
 /// NUL-padded copy of `s`, cut to 63 bytes so the last byte stays NUL.
 fn name_field(s: &[u8]) -> [u8; LO_NAME_SIZE] {
     let mut field = [0; LO_NAME_SIZE];
-    let n = s.len().min(LO_NAME_SIZE - 1);
-    field[..n].copy_from_slice(&s[..n]);
+    for (f, c) in field.iter_mut().take(LO_NAME_SIZE - 1).zip(s) {
+        *f = *c;
+    }
     field
 }
 
 fn field_str(field: &[u8]) -> String {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8_lossy(&field[..end]).into_owned()
+    let text = field.split(|&b| b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(text).into_owned()
 }
 
 fn get_diskseq(device: &File) -> io::Result<Option<u64>> {

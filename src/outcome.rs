@@ -66,12 +66,22 @@ pub fn sentence(err: &anyhow::Error) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     if s.len() > 1024 {
-        let mut cut = 1024;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
+        // A long value (a 4,000-character params) is usually in the middle:
+        // keep the start, which names the subject, and the end, which says
+        // what is wrong with it.
+        let mut head = 600;
+        while !s.is_char_boundary(head) {
+            head -= 1;
         }
-        s.truncate(cut);
-        s.push_str("...");
+        let mut tail = s.len() - 400;
+        while !s.is_char_boundary(tail) {
+            tail += 1;
+        }
+        s = format!(
+            "{} ... {}",
+            s.get(..head).unwrap_or_default(),
+            s.get(tail..).unwrap_or_default()
+        );
     }
     s
 }
@@ -96,7 +106,13 @@ mod tests {
         assert_eq!(sentence(&e), "adding /disk/a.img: line one line two");
         let long = anyhow!("{}", "é".repeat(3000));
         let s = sentence(&long);
-        assert!(s.len() <= 1030 && s.ends_with("..."));
+        assert!(s.len() <= 1030 && s.contains(" ... "), "{s}");
+        let e = anyhow!("{} is too long", "/a".repeat(3000)).context("adding");
+        let s = sentence(&e);
+        assert!(
+            s.starts_with("adding: /a/a") && s.ends_with("/a/a is too long"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -94,13 +94,13 @@ fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
-    while i < b.len() {
+    while let Some(&here) = b.get(i) {
         let oct = b.get(i + 1..i + 4).and_then(|d| {
             std::str::from_utf8(d)
                 .ok()
                 .and_then(|d| u8::from_str_radix(d, 8).ok())
         });
-        match (b[i], oct) {
+        match (here, oct) {
             (b'\\', Some(c)) => {
                 out.push(c);
                 i += 4;
@@ -135,7 +135,9 @@ pub struct DomVm {
 /// script let a domain without one share with anybody).
 pub fn same_vm(me: &DomVm, other: &DomVm) -> bool {
     let mine = me.vm.as_deref().map(|v| v.strip_suffix("-1").unwrap_or(v));
-    let eq = |a: Option<&str>, b: Option<&str>| matches!((a, b), (Some(x), Some(y)) if x == y);
+    // An empty `vm` names no VM either: two guests whose nodes are both
+    // empty are not thereby one VM.
+    let eq = |a: Option<&str>, b: Option<&str>| matches!((a, b), (Some(x), Some(y)) if x == y && !x.is_empty());
     let (tv, ov, otv) = (
         me.target_vm.as_deref(),
         other.vm.as_deref(),
@@ -334,6 +336,9 @@ mod tests {
         ));
         // Missing vm paths never meet.
         assert!(!same_vm(&d(None, None), &d(None, None)));
+        assert!(!same_vm(&d(Some(""), None), &d(Some(""), None)));
+        assert!(!same_vm(&d(Some("-1"), None), &d(Some(""), None)));
+        assert!(!same_vm(&d(None, Some("")), &d(Some(""), Some(""))));
         assert!(!same_vm(&d(Some("/vm/a"), None), &d(None, None)));
     }
 

@@ -57,7 +57,7 @@ pub fn add(
             inv.backend
         );
     }
-    let frontend = inputs.frontend_domid(inv);
+    let frontend = inputs.frontend_domid(inv)?;
     if job.dry_run {
         check_sharing(store, inv, frontend, path, stat, mode, None)?;
         println!(

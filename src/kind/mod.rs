@@ -82,6 +82,26 @@ fn fd_path(fd: &impl AsRawFd, fallback: &Path) -> PathBuf {
         .unwrap_or_else(|_| fallback.to_path_buf())
 }
 
+/// The name of the kernel filesystem `fd` lives on, if it is one whose
+/// files are views of kernel state rather than data.
+fn pseudo_filesystem(fd: &OwnedFd) -> Option<&'static str> {
+    use nix::sys::statfs::{self, fstatfs};
+    let t = fstatfs(fd).ok()?.filesystem_type();
+    [
+        (statfs::PROC_SUPER_MAGIC, "proc"),
+        (statfs::SYSFS_MAGIC, "sysfs"),
+        (statfs::DEBUGFS_MAGIC, "debugfs"),
+        (statfs::TRACEFS_MAGIC, "tracefs"),
+        (statfs::SECURITYFS_MAGIC, "securityfs"),
+        (statfs::CGROUP_SUPER_MAGIC, "cgroup"),
+        (statfs::CGROUP2_SUPER_MAGIC, "cgroup2"),
+        (statfs::BPF_FS_MAGIC, "bpf"),
+    ]
+    .into_iter()
+    .find(|(m, _)| *m == t)
+    .map(|(_, name)| name)
+}
+
 /// Decides the kind of a backend. `ty` is the `type` node, `params` the
 /// `params` node, `mode` the canonical mode.
 pub fn classify(ty: &str, params: &str, mode: Mode, script_dir: &Path) -> Result<Target> {
@@ -123,6 +143,15 @@ pub fn classify(ty: &str, params: &str, mode: Mode, script_dir: &Path) -> Result
             "{} is neither a block device nor a regular file (it is {})",
             path.display(),
             kind_name(&st)
+        );
+    }
+    // A regular file of a kernel filesystem (/proc, /sys and the like) is
+    // no disk: the loop driver may well take /sys/kernel/uevent_seqnum and
+    // hand a guest a device onto kernel state.
+    if let Some(fs) = pseudo_filesystem(&fd) {
+        bail!(
+            "{} is a file of the kernel's {fs} filesystem, not a disk image",
+            real.display()
         );
     }
     if mode.writable() && st.st_mode & 0o222 == 0 {
@@ -216,6 +245,10 @@ mod tests {
         assert!(e.to_string().contains("it is a directory"), "{e}");
         let e = classify("phy", "null", Mode::ReadOnly, s).unwrap_err();
         assert!(e.to_string().contains("/dev/null is neither"), "{e}");
+        let e = classify("file", "/sys/kernel/uevent_seqnum", Mode::ReadOnly, s).unwrap_err();
+        assert!(e.to_string().contains("kernel's sysfs filesystem"), "{e}");
+        let e = classify("file", "/proc/self/status", Mode::ReadOnly, s).unwrap_err();
+        assert!(e.to_string().contains("kernel's proc filesystem"), "{e}");
         let e = classify("file", "rel.img", Mode::ReadOnly, s).unwrap_err();
         assert!(e.to_string().contains("not absolute"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();

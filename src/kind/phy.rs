@@ -23,7 +23,7 @@ pub fn add(
 ) -> Result<()> {
     let inv = &job.inv;
     let device = DevNum::from_rdev(stat.st_rdev);
-    let frontend = inputs.frontend_domid(inv);
+    let frontend = inputs.frontend_domid(inv)?;
     let _lock = job.lock()?;
     if let Some(u) = sharing::conflict(store, inv, frontend, mode, &[device])? {
         return Err(Busy(format!(

@@ -199,6 +199,29 @@ impl Simulator {
     }
 }
 
+/// Answers a stream of raw request bytes as one connection would see them,
+/// with no socket: the messages are decoded one after another and handed to
+/// a fresh store, until the bytes run out or a header is refused. Returns the
+/// replies. The fuzz target for the wire decoder and request handling uses it;
+/// it must never panic, whatever the bytes.
+pub fn answer_raw(mut bytes: &[u8]) -> Vec<crate::store::wire::Message> {
+    use crate::store::wire::Message;
+    let Ok((a, _b)) = std::os::unix::net::UnixStream::pair() else {
+        return Vec::new();
+    };
+    // Watch events are only collected, never written: the pair just gives
+    // the watches a writer to name.
+    let out: state::Writer = Arc::new(std::sync::Mutex::new(a));
+    let mut st = state::State::default();
+    let mut replies = Vec::new();
+    while let Ok(req) = Message::read_from(&mut bytes) {
+        let (reply, _events) = st.handle(1, &out, &req);
+        replies.push(reply);
+    }
+    st.drop_connection(1);
+    replies
+}
+
 impl Drop for Simulator {
     fn drop(&mut self) {
         if let Some(acceptor) = self.acceptor.take() {

@@ -114,13 +114,10 @@ impl State {
             }
             Op::Write => {
                 // The value may hold NULs: only the first one ends the path.
-                let cut = req
-                    .payload
-                    .iter()
-                    .position(|&b| b == 0)
-                    .ok_or(Errno::Einval)?;
-                let path = path::resolve(&req.payload[..cut])?.abs;
-                let value = req.payload[cut + 1..].to_vec();
+                let mut parts = req.payload.splitn(2, |&b| b == 0);
+                let raw = parts.next().ok_or(Errno::Einval)?;
+                let value = parts.next().ok_or(Errno::Einval)?.to_vec();
+                let path = path::resolve(raw)?.abs;
                 self.mutate(conn, tx, Mutation::Write { path, value }, deliveries)
             }
             Op::Mkdir => self.mutate(conn, tx, Mutation::Mkdir(name(0)?.abs), deliveries),

@@ -400,10 +400,11 @@ impl Inner {
                 format!("xenstored sent a {len}-byte message"),
             ));
         }
-        if self.rbuf.len() < HEADER_LEN + len {
+        // Not all of the payload has arrived yet.
+        let Some(payload) = self.rbuf.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
-        }
-        let payload = self.rbuf[HEADER_LEN..HEADER_LEN + len].to_vec();
+        };
+        let payload = payload.to_vec();
         self.rbuf.drain(..HEADER_LEN + len);
         Ok(Some(Message {
             ty: h.ty,

@@ -89,12 +89,12 @@ pub struct Header {
 
 impl Header {
     pub fn decode(b: &[u8; HEADER_LEN]) -> Header {
-        let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let [t0, t1, t2, t3, r0, r1, r2, r3, x0, x1, x2, x3, l0, l1, l2, l3] = *b;
         Header {
-            ty: word(0),
-            req_id: word(4),
-            tx_id: word(8),
-            len: word(12),
+            ty: u32::from_ne_bytes([t0, t1, t2, t3]),
+            req_id: u32::from_ne_bytes([r0, r1, r2, r3]),
+            tx_id: u32::from_ne_bytes([x0, x1, x2, x3]),
+            len: u32::from_ne_bytes([l0, l1, l2, l3]),
         }
     }
 }
