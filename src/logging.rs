@@ -20,6 +20,8 @@ type Syslog = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
 struct Sinks {
     level: LevelFilter,
     stderr: bool,
+    /// Errors reach stderr even when `stderr` is off.
+    errors: bool,
     syslog: Option<Mutex<Syslog>>,
     file: Option<Mutex<File>>,
     /// Prefix naming the backend being handled, so that one grep finds a
@@ -31,10 +33,13 @@ static LOGGER: OnceLock<Sinks> = OnceLock::new();
 
 /// Sets up logging once per process. `verbose` enables debug detail
 /// everywhere and progress on stderr even when it is not a terminal;
-/// `quiet_sinks` keeps syslog and the log file out (selftest, tests of the
-/// library).
-pub fn init(verbose: bool, system_sinks: bool) {
+/// without `system_sinks`, syslog and the log file stay out (a dry run,
+/// selftest); `errors_to_stderr` sends errors to stderr always (libxl logs
+/// a failing script's stderr; selftest provokes failures on purpose and
+/// reports them itself).
+pub fn init(verbose: bool, system_sinks: bool, errors_to_stderr: bool) {
     let sinks = Sinks {
+        errors: errors_to_stderr,
         level: if verbose {
             LevelFilter::Debug
         } else {
@@ -96,7 +101,7 @@ impl Log for Sinks {
             None => r.args().to_string(),
         };
         // Errors always reach stderr: libxl logs a failing script's stderr.
-        if self.stderr || r.level() == Level::Error {
+        if self.stderr || (self.errors && r.level() == Level::Error) {
             let tag = match r.level() {
                 Level::Error => "error: ",
                 Level::Warn => "warning: ",

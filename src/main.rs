@@ -50,11 +50,11 @@ fn main_code() -> ExitCode {
     }
     let action = match &cli.command {
         Some(Command::Selftest) => {
-            logging::init(cli.verbose, false);
+            logging::init(cli.verbose, false, false);
             return selftest::run(cli.verbose);
         }
         Some(Command::Cleanup) => {
-            logging::init(cli.verbose, !cli.dry_run);
+            logging::init(cli.verbose, !cli.dry_run, true);
             let Some(lock_timeout) = seconds(cli.lock_timeout) else {
                 return usage("--lock-timeout takes a number of seconds");
             };
@@ -107,7 +107,7 @@ fn main_code() -> ExitCode {
         Ok(i) => i,
         Err(e) => return usage(&e.0),
     };
-    logging::init(cli.verbose, !cli.dry_run);
+    logging::init(cli.verbose, !cli.dry_run, true);
     logging::set_subject(&inv.key);
     let job = Job {
         inv,
