@@ -187,8 +187,8 @@ pub fn run(opts: &Options, store: &Store) -> Result<Vec<Finding>> {
         });
     }
     if !opts.dry_run {
-        let n = loopdev::prune_pending().context("pruning pending loop records")?;
-        log::debug!("pruned {n} stale pending records");
+        let n = loopdev::prune_records().context("pruning stale loop device records")?;
+        log::debug!("pruned {n} stale loop device records");
     }
     if findings.iter().all(|f| f.orphan.is_none()) {
         println!("no orphaned loop devices");

@@ -147,7 +147,8 @@ impl Drop for Attached {
             let _ = fs::remove_file(p);
         }
         if !self.kept {
-            let _ = remove_record(self.number);
+            // The descriptor we hold keeps this binding until we close it.
+            let _ = remove_record(self.number, self.diskseq());
             // SAFETY: plain ioctl on a descriptor we own.
             let _ = unsafe { loop_clr_fd(self.device.as_raw_fd()) };
         }
@@ -158,8 +159,15 @@ fn dev_path(number: u32) -> PathBuf {
     PathBuf::from(format!("/dev/loop{number}"))
 }
 
-fn record_path(number: u32) -> PathBuf {
-    Path::new(RECORD_DIR).join(format!("loop{number}"))
+/// The record of a binding: named by the device's diskseq where the kernel
+/// has one, so that each binding has a file of its own (diskseqs are never
+/// re-used) and no detach can ever remove the record of a later binding of
+/// the same number; `loopN` alone on kernels before 5.15.
+fn record_path(number: u32, diskseq: Option<u64>) -> PathBuf {
+    Path::new(RECORD_DIR).join(match diskseq {
+        Some(seq) => format!("loop{number}.{seq:x}"),
+        None => format!("loop{number}"),
+    })
 }
 
 fn pending_path(number: u32, id: &str) -> PathBuf {
@@ -230,19 +238,19 @@ impl Record {
     }
 }
 
-/// Records `tag` for /dev/loopN, replacing the file atomically.
-fn write_record(number: u32, line: &str) -> io::Result<()> {
+/// Records `line` for the binding of /dev/loopN, replacing the file atomically.
+fn write_record(number: u32, diskseq: Option<u64>, line: &str) -> io::Result<()> {
     fs::create_dir_all(RECORD_DIR)?;
     let tmp = Path::new(RECORD_DIR).join(format!(".loop{number}.{}", std::process::id()));
     fs::write(&tmp, line)?;
-    fs::rename(&tmp, record_path(number))
+    fs::rename(&tmp, record_path(number, diskseq))
 }
 
 /// The record of /dev/loopN if it describes the device's current binding.
 fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<Record> {
     let binding = record_line(info, diskseq, "");
     let binding = binding.trim_end_matches('\n');
-    let text = fs::read_to_string(record_path(number))
+    let text = fs::read_to_string(record_path(number, diskseq))
         .ok()
         .filter(|t| t.lines().next().is_some_and(|l| l.starts_with(binding)));
     // No final record of this binding: the pending one its name points to.
@@ -409,7 +417,7 @@ fn attach_with(
         let mut line = record_line(&bound, seq, &field_str(&info.lo_crypt_name));
         line.push_str(&store_line(store));
         line.push_str(&owner);
-        write_record(number, &line)?;
+        write_record(number, seq, &line)?;
         if let Some(p) = attached.pending.take() {
             let _ = fs::remove_file(p);
         }
@@ -479,11 +487,24 @@ pub fn record(number: u32) -> io::Result<Option<Record>> {
     Ok(read_record(number, &info, get_diskseq(&device)?))
 }
 
-/// Removes pending records no binding names any more (left by a process
-/// killed before binding, or after its final record); returns how many.
-/// A record whose attaching process still runs is kept: attaches are made
-/// outside the hotplug lock.
-pub fn prune_pending() -> io::Result<usize> {
+/// Whether the `owner` line of a record names a process that still runs.
+fn owner_alive(text: &str) -> bool {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("owner "))
+        .any(|o| {
+            let mut it = o.split(' ');
+            let pid = it.next().and_then(|p| p.parse().ok());
+            let start = it.next().and_then(|t| t.parse().ok());
+            matches!((pid, start), (Some(p), Some(t)) if process_start(p) == Some(t))
+        })
+}
+
+/// Removes the records no binding is described by any more: pending ones
+/// of a process killed before binding (or after its final record), and
+/// final ones of a binding since detached by a process killed before it
+/// removed them; returns how many. A pending record whose attaching process
+/// still runs is kept: attaches are made outside the hotplug lock.
+pub fn prune_records() -> io::Result<usize> {
     let entries = match fs::read_dir(RECORD_DIR) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -493,44 +514,38 @@ pub fn prune_pending() -> io::Result<usize> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(number) = name
-            .to_str()
-            .filter(|n| n.ends_with(".pending"))
-            .and_then(|n| {
-                n.strip_prefix("loop")?
-                    .split('.')
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            })
-        else {
+        let Some(name) = name.to_str().and_then(|n| n.strip_prefix("loop")) else {
             continue;
         };
-        let named = File::open(dev_path(number)).ok().and_then(|d| {
-            let mut info = loop_info64::ZERO;
-            // SAFETY: the kernel fills `info`.
-            unsafe { loop_get_status64(d.as_raw_fd(), &mut info) }.ok()?;
-            pending_of(&info, number)
-        });
-        if named.as_deref() == Some(entry.path().as_path()) {
+        let mut parts = name.split('.');
+        let Some(number) = parts.next().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
-        }
-        // An attach in progress writes its pending record before binding.
-        let text = match fs::read_to_string(entry.path()) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
         };
-        let alive = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("owner "))
-            .any(|o| {
-                let mut it = o.split(' ');
-                let pid = it.next().and_then(|p| p.parse().ok());
-                let start = it.next().and_then(|t| t.parse().ok());
-                matches!((pid, start), (Some(p), Some(t)) if process_start(p) == Some(t))
-            });
-        if alive {
+        let (middle, last) = (parts.next(), parts.next());
+        let stale = match (middle, last) {
+            (Some(_), Some("pending")) => {
+                // Checked in this order: a dead owner can no longer bind, so
+                // a binding seen afterwards is all there will ever be.
+                let text = match fs::read_to_string(entry.path()) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                !owner_alive(&text)
+                    && bound_info(number)
+                        .and_then(|i| pending_of(&i, number))
+                        .as_deref()
+                        != Some(entry.path().as_path())
+            }
+            (Some(seq), None) => match u64::from_str_radix(seq, 16) {
+                Ok(seq) => {
+                    diskseq(number).ok().flatten() != Some(seq) || bound_info(number).is_none()
+                }
+                Err(_) => continue,
+            },
+            _ => continue,
+        };
+        if !stale {
             continue;
         }
         match fs::remove_file(entry.path()) {
@@ -543,6 +558,15 @@ pub fn prune_pending() -> io::Result<usize> {
     Ok(pruned)
 }
 
+/// LOOP_GET_STATUS64 of /dev/loopN when it is bound.
+fn bound_info(number: u32) -> Option<loop_info64> {
+    let d = File::open(dev_path(number)).ok()?;
+    let mut info = loop_info64::ZERO;
+    // SAFETY: the kernel fills `info`.
+    unsafe { loop_get_status64(d.as_raw_fd(), &mut info) }.ok()?;
+    Some(info)
+}
+
 /// BLKGETDISKSEQ of /dev/loopN; Ok(None) when the kernel lacks it.
 pub fn diskseq(number: u32) -> io::Result<Option<u64>> {
     get_diskseq(&File::open(dev_path(number))?)
@@ -552,32 +576,47 @@ pub fn diskseq(number: u32) -> io::Result<Option<u64>> {
 pub fn detach(number: u32) -> io::Result<()> {
     let device = match File::open(dev_path(number)) {
         Ok(d) => d,
-        // ENXIO: being torn down already.
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return remove_record(number),
+        // ENXIO: being torn down already, by a detach that saw to its record.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(()),
         Err(e) => return Err(e),
     };
     let mut info = loop_info64::ZERO;
     // SAFETY: the kernel fills `info`.
-    let pending = unsafe { loop_get_status64(device.as_raw_fd(), &mut info) }
-        .ok()
-        .and_then(|_| pending_of(&info, number));
+    match unsafe { loop_get_status64(device.as_raw_fd(), &mut info) } {
+        Ok(_) => {}
+        // Nothing bound: no record of ours can describe it.
+        Err(Errno::ENXIO) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let seq = get_diskseq(&device)?;
+    let pending = pending_of(&info, number);
+    if seq.is_none() {
+        // One record file per number: it must go while we hold the device
+        // open (its binding cannot change until we close it), as once it is
+        // unbound another process may bind and record the number at once.
+        remove_record(number, None)?;
+    }
     // With other openers (blkback, or anyone's status()) this only sets
     // autoclear; the kernel unbinds the device at their last close.
     // SAFETY: argument-less ioctl on a descriptor we own.
     match unsafe { loop_clr_fd(device.as_raw_fd()) } {
         // ENXIO: nothing bound, already detached.
-        Ok(_) | Err(Errno::ENXIO) => {
-            if let Some(p) = pending {
-                let _ = fs::remove_file(p);
-            }
-            remove_record(number)
-        }
-        Err(e) => Err(e.into()),
+        Ok(_) | Err(Errno::ENXIO) => {}
+        Err(e) => return Err(e.into()),
     }
+    // A record named by its binding's diskseq is this binding's alone; one
+    // left by a process killed just here is pruned by `cleanup`.
+    if let Some(p) = pending {
+        let _ = fs::remove_file(p);
+    }
+    if seq.is_some() {
+        remove_record(number, seq)?;
+    }
+    Ok(())
 }
 
-fn remove_record(number: u32) -> io::Result<()> {
-    match fs::remove_file(record_path(number)) {
+fn remove_record(number: u32, diskseq: Option<u64>) -> io::Result<()> {
+    match fs::remove_file(record_path(number, diskseq)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
@@ -876,7 +915,8 @@ mod tests {
         unsafe { loop_get_status64(device.as_raw_fd(), &mut info) }.unwrap();
         drop(device);
         // As a process killed between binding and recording leaves it.
-        fs::remove_file(record_path(number)).unwrap();
+        let seq = diskseq(number).unwrap();
+        fs::remove_file(record_path(number, seq)).unwrap();
         let pending = pending_of(&info, number).expect("a pending marker");
         // Its owner: a process that cannot exist (above the largest pid_max).
         fs::write(&pending, "xbh:k\nstore /s\nowner 4194305 1\n").unwrap();
@@ -900,12 +940,14 @@ mod tests {
         let dev = attach(&image, &path, false, "mine").unwrap();
         let mut info = loop_info64::ZERO;
         unsafe { loop_get_status64(dev.device.as_raw_fd(), &mut info) }.unwrap();
-        // As if left by an earlier binding of this device number.
-        write_record(dev.number(), &record_line(&info, Some(1), "stale")).unwrap();
+        // As if left by an earlier binding of this device number, under
+        // this binding's name.
+        let seq = dev.diskseq();
+        write_record(dev.number(), seq, &record_line(&info, Some(1), "stale")).unwrap();
         assert_eq!(status(dev.number()).unwrap().unwrap().tag, "");
         let number = dev.number();
         drop(dev);
-        assert!(!record_path(number).exists());
+        assert!(!record_path(number, seq).exists());
     }
 
     #[test]

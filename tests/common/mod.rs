@@ -208,9 +208,27 @@ impl Bed {
         loopdev::parse_number(&self.node(backend, "node")?)
     }
 
-    /// Bound loop devices backed by `image`.
+    /// Bound loop devices backed by `image`, once the detaches already
+    /// requested have happened: LOOP_CLR_FD on a device someone else has
+    /// open (any process's status scan) only sets autoclear, and the kernel
+    /// unbinds it at their last close. A device still marked so after the
+    /// settle is returned like any other, so a stuck one still fails a test.
     pub fn loops_of(&self, image: &Path) -> Vec<loopdev::LoopStatus> {
         let m = std::fs::metadata(image).expect("stat of an image");
-        loopdev::users_of(m.dev(), m.ino()).expect("listing loop devices")
+        let settle = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let users = loopdev::users_of(m.dev(), m.ino()).expect("listing loop devices");
+            if !users.iter().any(|u| detaching(u.number)) || std::time::Instant::now() > settle {
+                return users;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
+}
+
+/// The device's detach was requested and waits for its last opener (we
+/// never attach with autoclear, so the flag means exactly that here).
+pub fn detaching(number: u32) -> bool {
+    std::fs::read_to_string(format!("/sys/block/loop{number}/loop/autoclear"))
+        .is_ok_and(|v| v.trim() == "1")
 }
