@@ -143,14 +143,24 @@ impl Attached {
 
 impl Drop for Attached {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let seq = self.diskseq();
+        if seq.is_none() {
+            // One record file per number: remove it while our descriptor
+            // still holds this binding (see `detach`).
+            let _ = remove_record(self.number, None);
+        }
+        // SAFETY: plain ioctl on a descriptor we own.
+        let _ = unsafe { loop_clr_fd(self.device.as_raw_fd()) };
+        // After the unbind: a process killed in between leaves a stale
+        // record (pruned by cleanup), never a bound device without one.
         if let Some(p) = &self.pending {
             let _ = fs::remove_file(p);
         }
-        if !self.kept {
-            // The descriptor we hold keeps this binding until we close it.
-            let _ = remove_record(self.number, self.diskseq());
-            // SAFETY: plain ioctl on a descriptor we own.
-            let _ = unsafe { loop_clr_fd(self.device.as_raw_fd()) };
+        if seq.is_some() {
+            let _ = remove_record(self.number, seq);
         }
     }
 }
@@ -514,7 +524,21 @@ pub fn prune_records() -> io::Result<usize> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(name) = name.to_str().and_then(|n| n.strip_prefix("loop")) else {
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        // `.loopN.PID`: a record being written, or left by a process killed
+        // before its rename.
+        if let Some(tmp) = name.strip_prefix(".loop") {
+            let pid = tmp.rsplit('.').next().and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists())
+                && fs::remove_file(entry.path()).is_ok()
+            {
+                pruned += 1;
+            }
+            continue;
+        }
+        let Some(name) = name.strip_prefix("loop") else {
             continue;
         };
         let mut parts = name.split('.');

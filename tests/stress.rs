@@ -226,13 +226,42 @@ impl Rng {
     }
 }
 
+/// The ownership records and the devices' diskseq and autoclear flags, for
+/// a failure message: enough to tell which step lost a device's record.
+fn records_dump(users: &[xen_block_hotplug::loopdev::LoopStatus]) -> String {
+    let records: Vec<String> = std::fs::read_dir(xen_block_hotplug::loopdev::RECORD_DIR)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    format!("{:?} = {text:?}", e.file_name())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let devices: Vec<String> = users
+        .iter()
+        .map(|u| {
+            let seq = xen_block_hotplug::loopdev::diskseq(u.number).ok().flatten();
+            let autoclear = common::detaching(u.number);
+            format!("loop{}: diskseq {seq:x?}, detaching {autoclear}", u.number)
+        })
+        .collect();
+    format!("records: {records:#?}\ndevices: {devices:#?}")
+}
+
 /// At most one writable loop device per image, and none beside it.
 fn check_no_double_writer(bed: &Bed, images: &[PathBuf]) -> usize {
     let mut total = 0;
     for img in images {
         let users = bed.loops_of(img);
         let writers = users.iter().filter(|u| !u.read_only).count();
-        assert!(writers <= 1, "{}: {writers} writers", img.display());
+        assert!(
+            writers <= 1,
+            "{}: {writers} writers: {users:?}\n{}",
+            img.display(),
+            records_dump(&users)
+        );
         if writers == 1 && users.len() != 1 {
             let slots: Vec<_> = (1..=12u32)
                 .map(|s| {
@@ -250,8 +279,9 @@ fn check_no_double_writer(bed: &Bed, images: &[PathBuf]) -> usize {
                 .filter(|t| !t.1.is_empty())
                 .collect();
             panic!(
-                "{}: a writer and readers: {users:?}\n{slots:#?}",
-                img.display()
+                "{}: a writer and readers: {users:?}\n{slots:#?}\n{}",
+                img.display(),
+                records_dump(&users)
             );
         }
         total += users.len();
