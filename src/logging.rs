@@ -87,6 +87,36 @@ pub fn set_subject(s: &str) {
     }
 }
 
+/// `2026-11-25T19:05:07Z`: the log file is shared by every hotplug run,
+/// and an admin reading it (or `diagnose`) needs to know when a line was
+/// written.
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + u64::from(m <= 2), m, d)
+}
+
 impl Log for Sinks {
     fn enabled(&self, m: &Metadata<'_>) -> bool {
         m.level() <= self.level
@@ -121,7 +151,8 @@ impl Log for Sinks {
         }
         if let Some(f) = &self.file {
             let line = format!(
-                "{IDENT}[{}]: {}: {msg}\n",
+                "{} {IDENT}[{}]: {}: {msg}\n",
+                utc_now(),
                 std::process::id(),
                 r.level().as_str().to_lowercase()
             );
@@ -131,4 +162,17 @@ impl Log for Sinks {
     }
 
     fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_from_days;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+        assert_eq!(civil_from_days(20_782), (2026, 11, 25));
+    }
 }
