@@ -438,11 +438,11 @@ fn attach_with(
     )))
 }
 
-/// Status of /dev/loopN; Ok(None) when it is not bound to a file or does not exist.
-pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
+/// /dev/loopN open, with the status of its binding; None when it does not
+/// exist, is being torn down (open gives ENXIO) or has no file bound.
+fn open_bound(number: u32) -> io::Result<Option<(File, loop_info64)>> {
     let device = match File::open(dev_path(number)) {
         Ok(f) => f,
-        // A removed device, or one being torn down (open gives ENXIO).
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) => {
             return Ok(None)
         }
@@ -451,11 +451,18 @@ pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
     let mut info = loop_info64::ZERO;
     // SAFETY: the kernel fills `info`.
     match unsafe { loop_get_status64(device.as_raw_fd(), &mut info) } {
-        Ok(_) => {}
+        Ok(_) => Ok(Some((device, info))),
         // ENXIO: no file bound.
-        Err(Errno::ENXIO) => return Ok(None),
-        Err(e) => return Err(e.into()),
+        Err(Errno::ENXIO) => Ok(None),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Status of /dev/loopN; Ok(None) when it is not bound to a file or does not exist.
+pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
+    let Some((device, info)) = open_bound(number)? else {
+        return Ok(None);
+    };
     let mut tag = field_str(&info.lo_crypt_name);
     if tag.is_empty() {
         tag = read_record(number, &info, get_diskseq(&device)?)
@@ -480,20 +487,9 @@ pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
 /// The record of /dev/loopN's current binding; None when it is free or
 /// there is no record of this binding (not attached by us).
 pub fn record(number: u32) -> io::Result<Option<Record>> {
-    let device = match File::open(dev_path(number)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e),
+    let Some((device, info)) = open_bound(number)? else {
+        return Ok(None);
     };
-    let mut info = loop_info64::ZERO;
-    // SAFETY: the kernel fills `info`.
-    match unsafe { loop_get_status64(device.as_raw_fd(), &mut info) } {
-        Ok(_) => {}
-        Err(Errno::ENXIO) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
     Ok(read_record(number, &info, get_diskseq(&device)?))
 }
 
@@ -584,11 +580,7 @@ pub fn prune_records() -> io::Result<usize> {
 
 /// LOOP_GET_STATUS64 of /dev/loopN when it is bound.
 fn bound_info(number: u32) -> Option<loop_info64> {
-    let d = File::open(dev_path(number)).ok()?;
-    let mut info = loop_info64::ZERO;
-    // SAFETY: the kernel fills `info`.
-    unsafe { loop_get_status64(d.as_raw_fd(), &mut info) }.ok()?;
-    Some(info)
+    open_bound(number).ok().flatten().map(|(_, info)| info)
 }
 
 /// BLKGETDISKSEQ of /dev/loopN; Ok(None) when the kernel lacks it.
@@ -691,24 +683,13 @@ fn sized_numbers() -> io::Result<Vec<u32>> {
 
 /// (lo_device, lo_inode, read-only) of /dev/loopN; None when nothing is bound.
 fn backing_id(number: u32) -> io::Result<Option<(u64, u64, bool)>> {
-    let device = match File::open(dev_path(number)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENXIO) => {
-            return Ok(None)
-        }
-        Err(e) => return Err(e),
-    };
-    let mut info = loop_info64::ZERO;
-    // SAFETY: the kernel fills `info`.
-    match unsafe { loop_get_status64(device.as_raw_fd(), &mut info) } {
-        Ok(_) => Ok(Some((
+    Ok(open_bound(number)?.map(|(_, info)| {
+        (
             info.lo_device,
             info.lo_inode,
             info.lo_flags & LO_FLAGS_READ_ONLY != 0,
-        ))),
-        Err(Errno::ENXIO) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+        )
+    }))
 }
 
 /// `users_of` for an image of `size` bytes, faster: the bound devices come
