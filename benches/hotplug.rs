@@ -109,6 +109,19 @@ fn parse_self_report(stderr: &str) -> SelfReport {
 }
 
 impl Bench {
+    /// One measured add of `be` by `peer` (with its xenstore requests), a
+    /// check that it connected, and its remove.
+    fn add_measured(&mut self, row: &mut Row, peer: Peer, be: &str) {
+        let r0 = self.requests();
+        let a = self.run(peer, be, "add");
+        let r1 = self.requests();
+        if let Some(a) = a {
+            self.expect_connected(peer, be);
+            row.series(peer).push(&a, r1 - r0);
+            self.run(peer, be, "remove");
+        }
+    }
+
     fn domid(&mut self) -> u32 {
         self.next_domid += 1;
         self.next_domid
@@ -407,14 +420,7 @@ fn phy400(b: &mut Bench, iters: usize, img: &Path) -> Row {
         for peer in order(i) {
             let d = b.domid();
             let be = b.bed.backend(d, 51712, "phy", &path, "w");
-            let r0 = b.requests();
-            let a = b.run(peer, &be, "add");
-            let r1 = b.requests();
-            if let Some(a) = a {
-                b.expect_connected(peer, &be);
-                row.series(peer).push(&a, r1 - r0);
-                b.run(peer, &be, "remove");
-            }
+            b.add_measured(&mut row, peer, &be);
             b.forget(d);
         }
     }
@@ -445,14 +451,7 @@ fn shared50(b: &mut Bench, iters: usize, img: &Path) -> Row {
         for peer in order(i) {
             let d = b.domid();
             let be = b.bed.backend(d, 51712, "file", &img_s, "r");
-            let r0 = b.requests();
-            let a = b.run(peer, &be, "add");
-            let r1 = b.requests();
-            if let Some(a) = a {
-                b.expect_connected(peer, &be);
-                row.series(peer).push(&a, r1 - r0);
-                b.run(peer, &be, "remove");
-            }
+            b.add_measured(&mut row, peer, &be);
             // A failed stock run may have left its device: detach any but the 50.
             for st in b.bed.loops_of(img) {
                 if !base.contains(&st.number) {

@@ -144,16 +144,21 @@ fn connected(bed: &Bed, b: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs an add that must connect, and shows the nodes it wrote.
+fn add_connected(bed: &Bed, b: &str) -> Result<()> {
+    ensure!(
+        bed.run(Action::Add, b)?.is_success(),
+        "add failed: {:?}",
+        bed.node(b, "hotplug-error")
+    );
+    bed.show(b);
+    connected(bed, b)
+}
+
 fn file_case(bed: &Bed, domid: u32, mode: &str, left: &mut Leftovers) -> Result<()> {
     let img = bed.image(&format!("disk-{mode}.img"))?;
     let b = bed.backend(domid, "file", &img.to_string_lossy(), mode);
-    ensure!(
-        bed.run(Action::Add, &b)?.is_success(),
-        "add failed: {:?}",
-        bed.node(b.as_str(), "hotplug-error")
-    );
-    bed.show(&b);
-    connected(bed, &b)?;
+    add_connected(bed, &b)?;
     let node = bed
         .node(&b, "node")
         .ok_or_else(|| anyhow!("no node written"))?;
@@ -194,13 +199,7 @@ fn phy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
     left.0.push((n, PHY_TAG.to_string()));
     let path = format!("/dev/loop{n}");
     let b = bed.backend(domid, "phy", &path, "w");
-    ensure!(
-        bed.run(Action::Add, &b)?.is_success(),
-        "add failed: {:?}",
-        bed.node(b.as_str(), "hotplug-error")
-    );
-    bed.show(&b);
-    connected(bed, &b)?;
+    add_connected(bed, &b)?;
     let want = crate::devnum::DevNum::from_rdev(std::os::unix::fs::MetadataExt::rdev(
         &std::fs::metadata(&path)?,
     ));
