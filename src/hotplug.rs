@@ -119,7 +119,8 @@ pub fn run(job: &Job, store: &Store) -> Result<()> {
 
 /// Runs the job and reports its outcome: on failure the sentence goes to
 /// the log and to `hotplug-error`, and `hotplug-status` says `error` or
-/// `busy` (unless a helper script already said what happened).
+/// `busy` (unless a helper script already said what happened, or the
+/// backend is gone).
 pub fn execute(job: &Job, store: &Store) -> ExitCode {
     let err = match run(job, store) {
         Ok(()) => return ExitCode::Success,
@@ -128,7 +129,7 @@ pub fn execute(job: &Job, store: &Store) -> ExitCode {
     let status = outcome::status_of(&err);
     let sentence = outcome::sentence(&err);
     log::error!("{} failed: {sentence}", job.inv.action.as_str());
-    if job.dry_run || outcome::already_reported(&err) {
+    if job.dry_run || outcome::nothing_to_write(&err) {
         return ExitCode::Failure;
     }
     if let Err(e) = backend::write_failure(store, &job.inv, status, &sentence) {

@@ -45,8 +45,27 @@ impl fmt::Display for Reported {
     }
 }
 
-pub fn already_reported(err: &anyhow::Error) -> bool {
+/// The backend directory was deleted while we ran (the toolstack gave up,
+/// or xen-hotplug-cleanup ran): writing `hotplug-status` into it would only
+/// bring a dead backend's directory back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendGone(pub String);
+
+impl fmt::Display for BackendGone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "backend {} was removed during hotplug add", self.0)
+    }
+}
+
+impl std::error::Error for BackendGone {}
+
+/// Whether the failure must not be written to the backend: a helper
+/// reported it already, or the backend is gone.
+pub fn nothing_to_write(err: &anyhow::Error) -> bool {
     err.downcast_ref::<Reported>().is_some()
+        || err
+            .chain()
+            .any(|e| e.downcast_ref::<BackendGone>().is_some())
 }
 
 /// `busy` when the failure is a refusal anywhere in its chain, else `error`.

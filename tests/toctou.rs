@@ -23,15 +23,16 @@ fn swap_during_add(name: &str, swap: impl FnOnce(&std::path::Path)) {
     let img = bed.image("disk.img", 4);
     let m = std::fs::metadata(&img).unwrap();
     let (dev, ino) = (m.dev(), m.ino());
-    // A probe add: its last five requests are the one write batch (node,
-    // physical-device-path, diskseq, physical-device, hotplug-status), and
-    // the one before is the re-read of physical-device under the lock, made
-    // after the image was opened and checked and before it is attached.
+    // A probe add: its last six requests are the one write batch (node,
+    // physical-device-path, diskseq, physical-device, the removal of a stale
+    // hotplug-error, hotplug-status), and the one before is the re-read of
+    // `state` under the lock, made after the image was opened, checked and
+    // attached, and before any node names the device.
     let probe_img = bed.image("probe.img", 4);
     let probe = bed.backend(4, 51728, "file", probe_img.to_str().unwrap(), "w");
     let before = bed.sim.requests_arrived();
     assert_eq!(bed.run("add", &probe).code, 0);
-    let held = bed.sim.requests_arrived() - before - 5;
+    let held = bed.sim.requests_arrived() - before - 6;
     assert_eq!(bed.run("remove", &probe).code, 0);
 
     let b = bed.backend(5, 51728, "file", img.to_str().unwrap(), "w");
@@ -107,4 +108,49 @@ fn image_deleted_between_check_and_attach() {
         return;
     }
     swap_during_add("toctou-gone", |img| std::fs::remove_file(img).unwrap());
+}
+
+#[test]
+fn a_backend_deleted_during_add_is_not_brought_back() {
+    if !can_loop("a_backend_deleted_during_add_is_not_brought_back") {
+        return;
+    }
+    let bed = Bed::new("gone");
+    // A probe add: its last six requests are the write batch; the one
+    // before them is the re-read of `state` under the lock.
+    let probe_img = bed.image("probe.img", 4);
+    let probe = bed.backend(4, 51728, "file", probe_img.to_str().unwrap(), "w");
+    let before = bed.sim.requests_arrived();
+    assert_eq!(bed.run("add", &probe).code, 0);
+    let held = bed.sim.requests_arrived() - before - 6;
+    assert_eq!(bed.run("remove", &probe).code, 0);
+
+    let img = bed.image("disk.img", 4);
+    let b = bed.backend(5, 51728, "file", img.to_str().unwrap(), "w");
+    let abs = format!("/local/domain/0/{b}");
+    bed.sim
+        .set_fault(Fault::Delay(Which::Nth(held), Duration::from_secs(1)));
+    let before = bed.sim.requests_arrived();
+    let mut child = bed
+        .command(&b)
+        .arg("add")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while bed.sim.requests_arrived() < before + held && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the add was not held");
+    // The toolstack gives up on the disk (xen-hotplug-cleanup) meanwhile.
+    bed.sim.rm(&abs);
+    let code = child.wait().unwrap().code();
+    bed.sim.set_fault(Fault::None);
+    assert_eq!(code, Some(1));
+    assert!(!bed.sim.exists(&abs), "the backend directory came back");
+    assert!(
+        bed.loops_of(&img).is_empty(),
+        "the attached device was kept"
+    );
 }

@@ -18,7 +18,7 @@ use crate::devnum::DevNum;
 use crate::hotplug::Job;
 use crate::loopdev::{self, LoopStatus};
 use crate::mode::Mode;
-use crate::outcome::Busy;
+use crate::outcome::{BackendGone, Busy};
 use crate::sharing;
 use crate::store::Store;
 
@@ -82,12 +82,24 @@ pub fn add(
     )
     .with_context(|| format!("attaching {} to a loop device", path.display()))?;
     let _lock = job.lock()?;
-    // Two adds of one backend may race (udev and a person); the second to
-    // get the lock finds the first's physical-device and stops (its own
-    // device is detached as `attached` drops).
-    if let Some(pd) = store.read(&inv.node("physical-device"))? {
+    // Read again under the lock, as the stock script reads `state`: two
+    // adds of one backend may race (udev and a person), and the second to
+    // get the lock finds the first's physical-device and stops; and the
+    // toolstack (or xen-hotplug-cleanup, under this lock) may have closed or
+    // deleted the backend meanwhile. Either way `attached` is detached as
+    // it drops.
+    let now = store.read_many(&[inv.node("physical-device"), inv.node("state")])?;
+    if let Some(pd) = now.first().cloned().flatten() {
         log::info!("physical-device {pd} was written meanwhile: nothing to do");
         return Ok(());
+    }
+    match now.get(1).cloned().flatten().as_deref() {
+        Some("2") => {}
+        None => return Err(BackendGone(inv.backend.clone()).into()),
+        Some(state) => bail!(
+            "backend {} is not waiting for its device (state {state}, not 2): it was closed during hotplug add",
+            inv.backend
+        ),
     }
     check_sharing(
         store,
