@@ -18,16 +18,14 @@ fn users(dev: u64, ino: u64) -> Vec<loopdev::LoopStatus> {
     loopdev::users_of(dev, ino).expect("listing loop devices")
 }
 
-fn swap_during_add(name: &str, swap: impl FnOnce(&std::path::Path)) {
-    let bed = Bed::new(name);
-    let img = bed.image("disk.img", 4);
-    let m = std::fs::metadata(&img).unwrap();
-    let (dev, ino) = (m.dev(), m.ino());
-    // A probe add: its last six requests are the one write batch (node,
-    // physical-device-path, diskseq, physical-device, the removal of a stale
-    // hotplug-error, hotplug-status), and the one before is the re-read of
-    // `state` under the lock, made after the image was opened, checked and
-    // attached, and before any node names the device.
+/// Starts an add of `b` held at the re-read of `state` under the lock: after
+/// the image was opened, checked and attached, before any node names the
+/// device. A probe add finds that request: its last six requests are the
+/// one write batch (node, physical-device-path, diskseq, physical-device,
+/// the removal of a stale hotplug-error, hotplug-status), and the re-read
+/// is the one before. Returns the child, the request count before it and
+/// the number of the held request.
+fn add_held_at_state_reread(bed: &Bed, b: &str) -> (std::process::Child, u64, u64) {
     let probe_img = bed.image("probe.img", 4);
     let probe = bed.backend(4, 51728, "file", probe_img.to_str().unwrap(), "w");
     let before = bed.sim.requests_arrived();
@@ -35,12 +33,11 @@ fn swap_during_add(name: &str, swap: impl FnOnce(&std::path::Path)) {
     let held = bed.sim.requests_arrived() - before - 6;
     assert_eq!(bed.run("remove", &probe).code, 0);
 
-    let b = bed.backend(5, 51728, "file", img.to_str().unwrap(), "w");
     bed.sim
         .set_fault(Fault::Delay(Which::Nth(held), Duration::from_secs(1)));
     let before = bed.sim.requests_arrived();
     let mut child = bed
-        .command(&b)
+        .command(b)
         .arg("add")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -51,6 +48,17 @@ fn swap_during_add(name: &str, swap: impl FnOnce(&std::path::Path)) {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(child.try_wait().unwrap().is_none(), "the add was not held");
+    (child, before, held)
+}
+
+fn swap_during_add(name: &str, swap: impl FnOnce(&std::path::Path)) {
+    let bed = Bed::new(name);
+    let img = bed.image("disk.img", 4);
+    let m = std::fs::metadata(&img).unwrap();
+    let (dev, ino) = (m.dev(), m.ino());
+
+    let b = bed.backend(5, 51728, "file", img.to_str().unwrap(), "w");
+    let (mut child, before, held) = add_held_at_state_reread(&bed, &b);
     assert_eq!(bed.sim.requests_arrived(), before + held);
     swap(&img);
     let code = child.wait().unwrap().code();
@@ -116,33 +124,11 @@ fn a_backend_deleted_during_add_is_not_brought_back() {
         return;
     }
     let bed = Bed::new("gone");
-    // A probe add: its last six requests are the write batch; the one
-    // before them is the re-read of `state` under the lock.
-    let probe_img = bed.image("probe.img", 4);
-    let probe = bed.backend(4, 51728, "file", probe_img.to_str().unwrap(), "w");
-    let before = bed.sim.requests_arrived();
-    assert_eq!(bed.run("add", &probe).code, 0);
-    let held = bed.sim.requests_arrived() - before - 6;
-    assert_eq!(bed.run("remove", &probe).code, 0);
 
     let img = bed.image("disk.img", 4);
     let b = bed.backend(5, 51728, "file", img.to_str().unwrap(), "w");
     let abs = format!("/local/domain/0/{b}");
-    bed.sim
-        .set_fault(Fault::Delay(Which::Nth(held), Duration::from_secs(1)));
-    let before = bed.sim.requests_arrived();
-    let mut child = bed
-        .command(&b)
-        .arg("add")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    while bed.sim.requests_arrived() < before + held && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(child.try_wait().unwrap().is_none(), "the add was not held");
+    let (mut child, _, _) = add_held_at_state_reread(&bed, &b);
     // The toolstack gives up on the disk (xen-hotplug-cleanup) meanwhile.
     bed.sim.rm(&abs);
     let code = child.wait().unwrap().code();
