@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Bed, BIN};
+use common::{Bed, SimBed, BIN};
 use nix::libc;
 use xen_block_hotplug::loopdev;
 
@@ -74,7 +74,7 @@ fn reap(mut child: std::process::Child, start: Instant) -> Done {
 }
 
 struct Bench {
-    bed: Bed,
+    bed: SimBed,
     next_domid: u32,
     /// Per-run verbose mode for ours: its -v lines are parsed.
     verbose: bool,
@@ -553,7 +553,7 @@ fn main() {
     let base = o.iters.unwrap_or(if o.smoke { 1 } else { 20 });
     let few = o.iters.unwrap_or(if o.smoke { 1 } else { 5 });
     let mut b = Bench {
-        bed: Bed::new("bench"),
+        bed: Bed::with_simulator("bench"),
         next_domid: 100,
         verbose: false,
         stock_failures: 0,

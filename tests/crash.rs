@@ -6,11 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{can_loop, Bed};
+use common::{can_loop, Bed, SimBed};
 use xen_block_hotplug::sim::{Fault, Which};
 
 /// Waits until the simulator has received `n` requests.
-fn wait_arrived(bed: &Bed, n: u64) -> bool {
+fn wait_arrived(bed: &SimBed, n: u64) -> bool {
     let end = Instant::now() + Duration::from_secs(20);
     while bed.sim.requests_arrived() < n {
         if Instant::now() > end {
@@ -24,7 +24,7 @@ fn wait_arrived(bed: &Bed, n: u64) -> bool {
 /// Starts `action` on `backend` with request `n` of its connection held,
 /// and SIGKILLs it once that request has arrived. False if the run ended
 /// (with fewer requests) before that.
-fn kill_at(bed: &Bed, action: &str, backend: &str, n: u64) -> bool {
+fn kill_at(bed: &SimBed, action: &str, backend: &str, n: u64) -> bool {
     let before = bed.sim.requests_arrived();
     bed.sim
         .set_fault(Fault::Delay(Which::Nth(n), Duration::from_secs(60)));
@@ -55,7 +55,7 @@ fn sigkill_at_each_request_of_add_leaves_no_lock_and_one_orphan_at_most() {
     if !can_loop("sigkill_at_each_request_of_add_leaves_no_lock_and_one_orphan_at_most") {
         return;
     }
-    let bed = Bed::new("crash-add");
+    let bed = Bed::with_simulator("crash-add");
     // How many requests a whole add makes.
     let probe_img = bed.image("probe.img", 4);
     let probe = bed.backend(1, 51712, "file", probe_img.to_str().unwrap(), "w");
@@ -113,7 +113,7 @@ fn sigkill_during_remove_then_cleanup_leaves_nothing() {
     if !can_loop("sigkill_during_remove_then_cleanup_leaves_nothing") {
         return;
     }
-    let bed = Bed::new("crash-remove");
+    let bed = Bed::with_simulator("crash-remove");
     for n in 1..=3u64 {
         let img = bed.image(&format!("r{n}.img"), 4);
         let b = bed.backend(n as u32, 51712, "file", img.to_str().unwrap(), "w");

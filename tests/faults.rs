@@ -6,11 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{can_loop, Bed};
+use common::{can_loop, Bed, SimBed};
 use xen_block_hotplug::sim::{Errno, Fault, Which};
 
 /// Requests a whole add of a file backend makes on this bed.
-fn requests_of_add(bed: &Bed) -> u64 {
+fn requests_of_add(bed: &SimBed) -> u64 {
     let img = bed.image("probe.img", 4);
     let b = bed.backend(1, 51712, "file", img.to_str().unwrap(), "w");
     let before = bed.sim.requests_arrived();
@@ -27,7 +27,7 @@ fn error_answers_fail_the_add_with_a_reason_and_leak_nothing() {
     if !can_loop("error_answers_fail_the_add_with_a_reason_and_leak_nothing") {
         return;
     }
-    let bed = Bed::new("faults-error");
+    let bed = Bed::with_simulator("faults-error");
     let total = requests_of_add(&bed);
     let mut case = 0;
     for errno in [Errno::Eagain, Errno::Enospc, Errno::Eacces, Errno::Einval] {
@@ -59,7 +59,7 @@ fn hang_ups_and_silence_fail_the_add_quickly_and_leak_nothing() {
     if !can_loop("hang_ups_and_silence_fail_the_add_quickly_and_leak_nothing") {
         return;
     }
-    let bed = Bed::new("faults-silent");
+    let bed = Bed::with_simulator("faults-silent");
     let total = requests_of_add(&bed);
     let mut case = 0;
     for n in 1..=total {

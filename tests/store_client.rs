@@ -1,11 +1,15 @@
-//! The xenstore client against the simulator over a real socket.
+//! Our xenstore client against the bed's store (the real xenstored, or the
+//! simulator with XBH_STORE=sim) over a real socket.
 
-use xen_block_hotplug::sim::Simulator;
+mod common;
+
 use xen_block_hotplug::store::{Request, Store};
+
+use common::store::TestStore;
 
 #[test]
 fn a_batch_larger_than_the_socket_buffers_does_not_stall() {
-    let sim = Simulator::start_temp().expect("simulator");
+    let sim = TestStore::start();
     for i in 0..3000 {
         sim.write(
             &format!("backend/vbd/{}/{i}/physical-device", i % 50),
@@ -28,7 +32,7 @@ fn a_batch_larger_than_the_socket_buffers_does_not_stall() {
 
 #[test]
 fn replies_keep_their_order_and_errors_fail_the_batch() {
-    let sim = Simulator::start_temp().expect("simulator");
+    let sim = TestStore::start();
     let store = Store::open_socket(sim.socket_path()).expect("connecting");
     store
         .write_many(&[("a/b", "1"), ("a/c", "2")])

@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use common::{can_loop, Bed};
+use common::{can_loop, Bed, SimBed};
 use xen_block_hotplug::loopdev;
 use xen_block_hotplug::sim::{Fault, Which};
 
@@ -25,7 +25,7 @@ fn users(dev: u64, ino: u64) -> Vec<loopdev::LoopStatus> {
 /// the removal of a stale hotplug-error, hotplug-status), and the re-read
 /// is the one before. Returns the child, the request count before it and
 /// the number of the held request.
-fn add_held_at_state_reread(bed: &Bed, b: &str) -> (std::process::Child, u64, u64) {
+fn add_held_at_state_reread(bed: &SimBed, b: &str) -> (std::process::Child, u64, u64) {
     let probe_img = bed.image("probe.img", 4);
     let probe = bed.backend(4, 51728, "file", probe_img.to_str().unwrap(), "w");
     let before = bed.sim.requests_arrived();
@@ -52,7 +52,7 @@ fn add_held_at_state_reread(bed: &Bed, b: &str) -> (std::process::Child, u64, u6
 }
 
 fn swap_during_add(name: &str, swap: impl FnOnce(&std::path::Path)) {
-    let bed = Bed::new(name);
+    let bed = Bed::with_simulator(name);
     let img = bed.image("disk.img", 4);
     let m = std::fs::metadata(&img).unwrap();
     let (dev, ino) = (m.dev(), m.ino());
@@ -123,7 +123,7 @@ fn a_backend_deleted_during_add_is_not_brought_back() {
     if !can_loop("a_backend_deleted_during_add_is_not_brought_back") {
         return;
     }
-    let bed = Bed::new("gone");
+    let bed = Bed::with_simulator("gone");
 
     let img = bed.image("disk.img", 4);
     let b = bed.backend(5, 51728, "file", img.to_str().unwrap(), "w");

@@ -1,18 +1,23 @@
-//! The test bed shared by the integration tests: a private simulated
-//! xenstore on a real socket, a private lock and temp directory, image
-//! files, and the built binary run the way libxl or udev runs it. Every
-//! loop device a test makes is detached by a guard, even when it fails.
+//! The test bed shared by the integration tests: a private xenstore on a
+//! real socket (Debian's real xenstored, or the simulator: see `store`), a
+//! private lock and temp directory, image files, and the built binary run
+//! the way libxl or udev runs it. Every loop device a test makes is
+//! detached by a guard, even when it fails.
 #![allow(dead_code)]
 
+pub mod store;
 pub mod xenstored;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use xen_block_hotplug::loopdev;
 use xen_block_hotplug::sim::Simulator;
+
+pub use store::{Kind, TestStore};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_xen-block-hotplug");
 
@@ -30,7 +35,9 @@ pub fn can_loop(test: &str) -> bool {
 }
 
 pub struct Bed {
-    pub sim: Simulator,
+    /// The bed's store: the real xenstored or the simulator (named `sim`
+    /// from the days when it was always the simulator; same methods).
+    pub sim: TestStore,
     pub dir: PathBuf,
     pub lock: PathBuf,
     pub script_dir: PathBuf,
@@ -69,8 +76,41 @@ impl From<Output> for Run {
     }
 }
 
+/// A bed on the simulator, for the tests only it can serve: fault
+/// injection and request counting (`sim`). Everything else is the `Bed`'s.
+pub struct SimBed {
+    bed: Bed,
+    pub sim: Arc<Simulator>,
+}
+
+impl std::ops::Deref for SimBed {
+    type Target = Bed;
+    fn deref(&self) -> &Bed {
+        &self.bed
+    }
+}
+
 impl Bed {
+    /// A bed on the store `store::chosen` picks for the plain suites.
     pub fn new(name: &str) -> Bed {
+        let dir = Bed::directory(name);
+        let sim = match store::chosen() {
+            Kind::Real => TestStore::start_real(),
+            Kind::Sim => TestStore::simulator(Arc::new(Bed::simulator_in(&dir))),
+        };
+        Bed::with_store(dir, sim)
+    }
+
+    /// A bed on the simulator whatever `XBH_STORE` says: the tests that
+    /// inject faults or count requests.
+    pub fn with_simulator(name: &str) -> SimBed {
+        let dir = Bed::directory(name);
+        let sim = Arc::new(Bed::simulator_in(&dir));
+        let bed = Bed::with_store(dir, TestStore::simulator(sim.clone()));
+        SimBed { bed, sim }
+    }
+
+    fn directory(name: &str) -> PathBuf {
         static N: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "xbh-test-{name}-{}-{}",
@@ -79,7 +119,14 @@ impl Bed {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating the test directory");
-        let sim = Simulator::start(&dir.join("xenstored.sock")).expect("starting the simulator");
+        dir
+    }
+
+    fn simulator_in(dir: &Path) -> Simulator {
+        Simulator::start(&dir.join("xenstored.sock")).expect("starting the simulator")
+    }
+
+    fn with_store(dir: PathBuf, sim: TestStore) -> Bed {
         let script_dir = dir.join("scripts");
         std::fs::create_dir_all(&script_dir).expect("creating the script directory");
         Bed {
