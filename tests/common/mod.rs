@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod xenstored;
+pub mod xl;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
