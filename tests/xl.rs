@@ -145,6 +145,183 @@ fn xl_attaches_a_file_image_read_write_and_detach_frees_its_loop_device() {
 }
 
 #[test]
+fn xl_attaches_a_file_image_read_only_on_a_read_only_loop_device() {
+    for peer in PEERS {
+        let Some(bed) = bed("xl_attaches_a_file_image_read_only", peer) else {
+            return;
+        };
+        let img = bed.image("ro.img", 8);
+        assert_ok(
+            peer,
+            "attach",
+            &bed.attach(&script(peer), 7, &spec("xvdb", "ro", &img)),
+        );
+        assert_attached(&bed, peer, 7, "xvdb", &img, true);
+        assert_ok(peer, "detach", &bed.detach(&script(peer), 7, "xvdb"));
+        assert_nothing_left(&bed, peer);
+    }
+}
+
+#[test]
+fn xl_attaches_a_phy_device_and_detach_leaves_the_device_bound() {
+    for peer in PEERS {
+        let Some(bed) = bed("xl_attaches_a_phy_device", peer) else {
+            return;
+        };
+        // The "disk": a loop device of the test's own (the bed's guard
+        // detaches it at the end, whatever happens).
+        let img = bed.image("disk.img", 8);
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&img)
+            .output()
+            .expect("running losetup");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert_ok(
+            peer,
+            "attach",
+            &bed.attach(&script(peer), 7, &spec("xvdb", "rw", &dev)),
+        );
+        let rdev = std::fs::metadata(&dev).expect("stat of the disk").rdev();
+        assert_eq!(
+            bed.node(7, "xvdb", "physical-device"),
+            Some(DevNum::from_rdev(rdev).to_node()),
+            "{peer:?}"
+        );
+        assert_eq!(
+            bed.node(7, "xvdb", "state").as_deref(),
+            Some("4"),
+            "{peer:?}"
+        );
+        assert_eq!(
+            loops_of(&bed, &img).len(),
+            1,
+            "{peer:?}: no loop device of its own"
+        );
+        assert_ok(peer, "detach", &bed.detach(&script(peer), 7, "xvdb"));
+        assert_eq!(
+            loops_of(&bed, &img).len(),
+            1,
+            "{peer:?}: the disk itself stays bound after detach"
+        );
+    }
+}
+
+#[test]
+fn xl_reports_our_sentence_for_an_image_that_vanished_before_the_script_ran() {
+    for peer in PEERS {
+        let Some(bed) = bed("xl_reports_an_image_that_vanished", peer) else {
+            return;
+        };
+        let img = bed.image("gone.img", 8);
+        // Removed by "blkback" when the backend appears: after libxl's own
+        // check of the target, before it runs the script.
+        bed.player
+            .as_ref()
+            .expect("the player")
+            .cues
+            .lock()
+            .expect("the cues")
+            .vanish = Some(img.clone());
+        let r = bed.attach(&script(peer), 7, &spec("xvdb", "rw", &img));
+        assert_ne!(r.code, 0, "{peer:?}: {}", r.stderr);
+        let ours = format!("script: {} does not exist", img.display());
+        match peer {
+            Peer::Ours => assert!(r.stderr.contains(&ours), "{}", r.stderr),
+            // The stock script fails without a word that xl shows.
+            Peer::Stock => assert!(!r.stderr.contains("script:"), "{}", r.stderr),
+        }
+        assert_ok(peer, "detach", &bed.detach(&script(peer), 7, "xvdb"));
+        assert_nothing_left(&bed, peer);
+    }
+}
+
+#[test]
+fn xl_refuses_a_read_only_image_asked_for_write_as_busy() {
+    for peer in PEERS {
+        let Some(bed) = bed("xl_refuses_a_read_only_image_asked_for_write", peer) else {
+            return;
+        };
+        let img = bed.image("locked.img", 8);
+        bed.read_only(&img);
+        let r = bed.attach(&script(peer), 7, &spec("xvdb", "rw", &img));
+        assert_ne!(r.code, 0, "{peer:?}: {}", r.stderr);
+        let sentence = match peer {
+            Peer::Ours => format!(
+                "script: File {} is read-only, and so it will not be attached read-write to a guest domain",
+                img.display()
+            ),
+            Peer::Stock => format!("script: File {} is read-only, and so I will not", img.display()),
+        };
+        assert!(r.stderr.contains(&sentence), "{peer:?}: {}", r.stderr);
+        assert_eq!(
+            bed.node(7, "xvdb", "hotplug-status").as_deref(),
+            Some("busy"),
+            "{peer:?}"
+        );
+        assert_eq!(loops_of(&bed, &img), Vec::new(), "{peer:?}");
+        assert_ok(peer, "detach", &bed.detach(&script(peer), 7, "xvdb"));
+        assert_nothing_left(&bed, peer);
+    }
+}
+
+#[test]
+fn xl_refuses_a_second_writer_of_one_image_and_its_detach_leaves_the_first_alone() {
+    for peer in PEERS {
+        let Some(bed) = bed("xl_refuses_a_second_writer_of_one_image", peer) else {
+            return;
+        };
+        let img = bed.image("shared.img", 8);
+        assert_ok(
+            peer,
+            "attach 7",
+            &bed.attach(&script(peer), 7, &spec("xvdb", "rw", &img)),
+        );
+        let first = assert_attached(&bed, peer, 7, "xvdb", &img, false);
+        let r = bed.attach(&script(peer), 8, &spec("xvdb", "rw", &img));
+        match peer {
+            Peer::Ours => {
+                assert_ne!(r.code, 0, "{}", r.stderr);
+                assert!(
+                    r.stderr.contains(&format!(
+                        "script: File {} is attached through /dev/loop{first}, which is used read-write by domain 7",
+                    img.display())) && r.stderr.contains("cannot be attached read-write to domain 8"),
+                    "{}",
+                    r.stderr
+                );
+                assert_eq!(loops_of(&bed, &img).len(), 1);
+            }
+            // The stock script lets domain 8 write the image domain 7
+            // writes, through a second loop device: the corruption ours
+            // refuses.
+            Peer::Stock => {
+                assert_ok(peer, "attach 8", &r);
+                let loops = loops_of(&bed, &img);
+                assert_eq!(loops.len(), 2, "{loops:?}");
+                assert!(loops.iter().all(|l| !l.read_only));
+            }
+        }
+        // Detaching the second disk (failed or not) leaves the first
+        // domain's device bound and in use.
+        assert_ok(peer, "detach 8", &bed.detach(&script(peer), 8, "xvdb"));
+        let loops = loops_of(&bed, &img);
+        assert_eq!(
+            loops.iter().map(|l| l.number).collect::<Vec<_>>(),
+            vec![first],
+            "{peer:?}"
+        );
+        assert_eq!(
+            bed.node(7, "xvdb", "state").as_deref(),
+            Some("4"),
+            "{peer:?}"
+        );
+        assert_ok(peer, "detach 7", &bed.detach(&script(peer), 7, "xvdb"));
+        assert_nothing_left(&bed, peer);
+    }
+}
+
+#[test]
 fn the_script_libxl_runs_inherits_neither_the_shim_nor_its_libraries() {
     let Some(bed) = bed(
         "the_script_libxl_runs_inherits_neither_the_shim",
