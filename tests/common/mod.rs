@@ -7,6 +7,7 @@
 
 pub mod store;
 pub mod xenstored;
+pub mod xl;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
