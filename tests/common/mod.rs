@@ -94,12 +94,19 @@ impl std::ops::Deref for SimBed {
 impl Bed {
     /// A bed on the store `store::chosen` picks for the plain suites.
     pub fn new(name: &str) -> Bed {
-        let dir = Bed::directory(name);
-        let sim = match store::chosen() {
-            Kind::Real => TestStore::start_real(),
-            Kind::Sim => TestStore::simulator(Arc::new(Bed::simulator_in(&dir))),
-        };
-        Bed::with_store(dir, sim)
+        // The store before the directory: a store that cannot start (a
+        // panic) then leaves no directory behind.
+        match store::chosen() {
+            Kind::Real => {
+                let sim = TestStore::start_real();
+                Bed::with_store(Bed::directory(name), sim)
+            }
+            Kind::Sim => {
+                let dir = Bed::directory(name);
+                let sim = TestStore::simulator(Arc::new(Bed::simulator_in(&dir)));
+                Bed::with_store(dir, sim)
+            }
+        }
     }
 
     /// A bed on the simulator whatever `XBH_STORE` says: the tests that
