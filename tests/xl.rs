@@ -127,7 +127,7 @@ fn assert_attached(bed: &XlBed, peer: Peer, domid: u32, vdev: &str, image: &Path
         Some("connected")
     );
     assert_eq!(
-        bed.node(domid, vdev, "state").as_deref(),
+        bed.settled_node(domid, vdev, "state", "4").as_deref(),
         Some("4"),
         "{peer:?}: blkback"
     );
@@ -218,7 +218,7 @@ fn xl_attaches_a_phy_device_and_detach_leaves_the_device_bound() {
             "{peer:?}"
         );
         assert_eq!(
-            bed.node(7, "xvdb", "state").as_deref(),
+            bed.settled_node(7, "xvdb", "state", "4").as_deref(),
             Some("4"),
             "{peer:?}"
         );
@@ -340,7 +340,7 @@ fn xl_refuses_a_second_writer_of_one_image_and_its_detach_leaves_the_first_alone
             "{peer:?}"
         );
         assert_eq!(
-            bed.node(7, "xvdb", "state").as_deref(),
+            bed.settled_node(7, "xvdb", "state", "4").as_deref(),
             Some("4"),
             "{peer:?}"
         );

@@ -496,6 +496,19 @@ impl XlBed {
             .expect("reading the store")
     }
 
+    /// The node once it reads `want`, or its last value after 10 s: the
+    /// player answers a watch on its own thread, after xl has returned.
+    pub fn settled_node(&self, domid: u32, vdev: &str, k: &str, want: &str) -> Option<String> {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let v = self.node(domid, vdev, k);
+            if v.as_deref() == Some(want) || std::time::Instant::now() > end {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// What libxl logged of the scripts' runs.
     pub fn hotplug_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("var-log-xen/xen-hotplug.log")).unwrap_or_default()
