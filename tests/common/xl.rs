@@ -17,24 +17,25 @@
 //!   guest "uses" it) and sets 4; when libxl asks to close (5) it closes the
 //!   device and sets 6, after which libxl runs the script's remove.
 //!
-//! Every xl run is in a private mount namespace (`unshare -m`): overlays
-//! on /etc, /var/lib, /var/log and /run let it make /etc/xen/scripts and
-//! the others without touching the host, and the bed's own directories
-//! are bound over /var/lib/xen, /var/log/xen (where libxl sends the
-//! script's output), /run/xen-hotplug (the hotplug lock) and
-//! /run/xen-block-hotplug (our loop device records). The script under test
-//! (a file, or a directory of scripts such as the stock one's) is bound
-//! over /etc/xen/scripts/block. The mounts go with the namespace when xl
-//! and the script have exited.
+//! Every xl runs in the bed's private mount namespace (`unshare -m`, kept
+//! by a `sh`, entered with `nsenter`): overlays on /etc, /var/lib,
+//! /var/log and /run let it make /etc/xen and the others without touching
+//! the host (they need not exist there), and the bed's own directories are
+//! bound over /etc/xen/scripts, /var/lib/xen, /var/log/xen (where libxl
+//! sends the script's output), /run/xen-hotplug (the hotplug lock) and
+//! /run/xen-block-hotplug (our loop device records). In that scripts
+//! directory, `block` is a symlink to the script under test (our binary,
+//! the stock script, /bin/true), beside the stock script's neighbours that
+//! it sources. The mounts go with the namespace when the bed is dropped.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -57,12 +58,13 @@ pub fn vdev_number(vdev: &str) -> u32 {
     (202 << 8) | (u32::from(letter - b'a') << 4)
 }
 
-/// In the namespace: overlays, private directories, the script, then xl.
-/// Arguments: the bed's directory, the script (file or directory), then
-/// the command.
+/// The namespace's keeper: overlays, private directories, then it waits
+/// for end-of-file on its stdin (the bed's lifeline) and exits, which
+/// takes the namespace and every mount in it away. Argument: the bed's
+/// directory.
 const NAMESPACE: &str = r#"
 set -eu
-d=$1; script=$2; shift 2
+d=$1
 ov() {
     u=$(mktemp -d -p "$d/ov")
     mkdir "$u/up" "$u/work"
@@ -71,18 +73,79 @@ ov() {
 ov /etc; ov /var/lib; ov /var/log; ov /run
 mkdir -p /etc/xen/scripts /var/lib/xen /var/log/xen /run/xen-hotplug /run/xen-block-hotplug
 : >/etc/xen/xl.conf
-if [ -d "$script" ]; then
-    mount --bind "$script" /etc/xen/scripts
-else
-    : >/etc/xen/scripts/block
-    mount --bind "$script" /etc/xen/scripts/block
-fi
+mount --bind "$d/scripts" /etc/xen/scripts
 mount --bind "$d/var-lib-xen" /var/lib/xen
 mount --bind "$d/var-log-xen" /var/log/xen
 mount --bind "$d/run-xen-hotplug" /run/xen-hotplug
 mount --bind "$d/records" /run/xen-block-hotplug
-exec "$@"
+echo ready
+while read -r _; do :; done
 "#;
+
+/// Debian's stock scripts (`block` sources its neighbours).
+pub fn stock_scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/stock/etc/xen/scripts")
+}
+
+/// The private mount namespace every xl of a bed runs in, kept by a `sh`
+/// that `unshare -m` started; xl enters it with `nsenter`, so that a run
+/// costs no mounts (each mount and each namespace teardown cost
+/// milliseconds, which the benchmark would count).
+struct Namespace {
+    keeper: Child,
+    lifeline: Option<ChildStdin>,
+}
+
+impl Namespace {
+    fn start(dir: &Path) -> io::Result<Namespace> {
+        let mut keeper = Command::new("unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                NAMESPACE,
+                "sh",
+            ])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let lifeline = keeper.stdin.take();
+        let mut ns = Namespace { keeper, lifeline };
+        let mut line = String::new();
+        if let Some(out) = ns.keeper.stdout.take() {
+            BufReader::new(out).read_line(&mut line)?;
+        }
+        if line.trim() != "ready" {
+            let mut err = String::new();
+            if let Some(mut e) = ns.keeper.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return Err(io::Error::other(format!(
+                "setting up the private mount namespace: {err}"
+            )));
+        }
+        Ok(ns)
+    }
+
+    /// `nsenter` into it, then `program`.
+    fn command(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--mount=/proc/{}/ns/mnt", self.keeper.id()))
+            .arg("--");
+        c
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        drop(self.lifeline.take());
+        let _ = self.keeper.wait();
+    }
+}
 
 /// A frontend domain's nodes as `xl create` leaves them, with libxl's
 /// permissions: the domain may read its home, `device` and `control`
@@ -290,6 +353,7 @@ pub struct XlBed {
     domids: Vec<u32>,
     /// Taken (stopped) first on drop, before the store goes.
     pub player: Option<Player>,
+    ns: Option<Namespace>,
     pub xs: RealXenstored,
 }
 
@@ -304,6 +368,7 @@ impl XlBed {
         let dir = xs.dir().join(name);
         for sub in [
             "ov",
+            "scripts",
             "var-lib-xen",
             "var-log-xen",
             "run-xen-hotplug",
@@ -311,8 +376,15 @@ impl XlBed {
         ] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
-        // Images must be reachable by path for libxl and the script; the
-        // store's directory is 0700 and we are root, so that holds.
+        // /etc/xen/scripts: the stock scripts' files (when prepared), and
+        // `block`, a symlink to the script under test (`set_script`).
+        if let Ok(entries) = std::fs::read_dir(stock_scripts()) {
+            for e in entries.flatten() {
+                if e.file_name() != "block" {
+                    std::os::unix::fs::symlink(e.path(), dir.join("scripts").join(e.file_name()))?;
+                }
+            }
+        }
         let mut nodes = vec![
             ("/local/domain/0/domid".into(), "0".into(), "n0".into()),
             (
@@ -331,11 +403,13 @@ impl XlBed {
         }
         write_nodes(xs.socket_path(), &nodes)?;
         let player = Some(Player::start(&xs)?);
+        let ns = Some(Namespace::start(&dir)?);
         Ok(XlBed {
             progs,
             dir,
             domids: domids.to_vec(),
             player,
+            ns,
             xs,
         })
     }
@@ -354,27 +428,32 @@ impl XlBed {
             .expect("making an image read-only");
     }
 
-    /// `xl ARGS` with `script` as /etc/xen/scripts/block (a file, or a
-    /// directory bound over /etc/xen/scripts), in a private namespace.
+    /// Makes `script` what libxl runs as /etc/xen/scripts/block (a
+    /// symlink, replaced atomically).
+    fn set_script(&self, script: &Path) -> io::Result<()> {
+        let link = self.dir.join("scripts/block");
+        if std::fs::read_link(&link).is_ok_and(|t| t == script) {
+            return Ok(());
+        }
+        let tmp = self.dir.join("scripts/.block.new");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(script, &tmp)?;
+        std::fs::rename(&tmp, &link)
+    }
+
+    /// `xl ARGS` in the bed's namespace with `script` as
+    /// /etc/xen/scripts/block, the shim preloaded (it scrubs itself from
+    /// the environment the script inherits).
     pub fn xl_command(&self, script: &Path, args: &[&str]) -> Command {
+        self.set_script(script)
+            .expect("setting the script under test");
         let ids: Vec<String> = self.domids.iter().map(u32::to_string).collect();
-        let mut c = Command::new("unshare");
+        let mut c = self.ns.as_ref().expect("the namespace").command();
         c.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("XENSTORED_PATH", self.xs.socket_path())
-            .args([
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                NAMESPACE,
-                "sh",
-            ])
-            .arg(&self.dir)
-            .arg(script)
+            .env("XEN_SHIM_DOMIDS", ids.join(","))
             .arg("env")
-            .arg(format!("XEN_SHIM_DOMIDS={}", ids.join(",")))
             .arg(format!("LD_PRELOAD={}", self.progs.shim.display()))
             .arg(format!("LD_LIBRARY_PATH={}", self.progs.lib_dir.display()))
             .arg(&self.progs.xl)
@@ -417,6 +496,19 @@ impl XlBed {
             .expect("reading the store")
     }
 
+    /// The node once it reads `want`, or its last value after 10 s: the
+    /// player answers a watch on its own thread, after xl has returned.
+    pub fn settled_node(&self, domid: u32, vdev: &str, k: &str, want: &str) -> Option<String> {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let v = self.node(domid, vdev, k);
+            if v.as_deref() == Some(want) || std::time::Instant::now() > end {
+                return v;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// What libxl logged of the scripts' runs.
     pub fn hotplug_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("var-log-xen/xen-hotplug.log")).unwrap_or_default()
@@ -438,6 +530,7 @@ impl Drop for XlBed {
         // blkback lets go of its devices, then no loop device of ours
         // stays bound, whatever happened.
         drop(self.player.take());
+        drop(self.ns.take());
         for st in self.loops() {
             let _ = loopdev::detach(st.number);
         }
