@@ -52,3 +52,115 @@ fn replies_keep_their_order_and_errors_fail_the_batch() {
         Some("2")
     );
 }
+
+/// A stand-in for /dev/xen/xenbus with the device's rules, driving the real
+/// client: a SOCK_SEQPACKET pair (one packet is one write()); the peer
+/// refuses (closes the connection) on any packet that is not exactly one
+/// whole message or is longer than 4096 + 16 bytes, and has every request
+/// answered by the simulator over its socket, one reply per packet.
+struct XenbusStandIn {
+    client: Option<std::fs::File>,
+    peer: std::thread::JoinHandle<Result<usize, String>>,
+    _sim: Simulator,
+}
+
+impl XenbusStandIn {
+    fn start(sim: Simulator) -> XenbusStandIn {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        use std::io::{Read, Write};
+        use xen_block_hotplug::store::wire::{Header, Message, HEADER_LEN, PAYLOAD_MAX};
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair");
+        let mut xenstored =
+            std::os::unix::net::UnixStream::connect(sim.socket_path()).expect("simulator");
+        let mut dev = std::fs::File::from(b);
+        let peer = std::thread::spawn(move || {
+            let mut packets = 0;
+            let mut buf = vec![0u8; 2 * (HEADER_LEN + PAYLOAD_MAX)];
+            loop {
+                let n = dev.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Ok(packets);
+                }
+                if n > HEADER_LEN + PAYLOAD_MAX {
+                    return Err(format!("a {n}-byte write (EINVAL on the device)"));
+                }
+                let whole = buf
+                    .first_chunk::<HEADER_LEN>()
+                    .map(|h| HEADER_LEN + Header::decode(h).len as usize);
+                if whole != Some(n) {
+                    return Err(format!(
+                        "a {n}-byte write that is not one whole message ({whole:?})"
+                    ));
+                }
+                packets += 1;
+                xenstored.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+                let reply = Message::read_from(&mut xenstored).map_err(|e| e.to_string())?;
+                dev.write_all(&reply.encode()).map_err(|e| e.to_string())?;
+            }
+        });
+        XenbusStandIn {
+            client: Some(std::fs::File::from(a)),
+            peer,
+            _sim: sim,
+        }
+    }
+
+    fn store(&mut self) -> Store {
+        Store::over_device(self.client.take().expect("one store"), "/dev/xen/xenbus")
+    }
+
+    /// How many requests the peer took, or what it refused.
+    fn finish(self) -> Result<usize, String> {
+        self.peer.join().expect("stand-in thread")
+    }
+}
+
+#[test]
+fn the_xenbus_device_gets_one_whole_message_per_write() {
+    let sim = Simulator::start_temp().expect("simulator");
+    for i in 0..300 {
+        sim.write(
+            &format!("backend/vbd/7/{i}/physical-device"),
+            &format!("7:{i:x}"),
+        );
+    }
+    let mut dev = XenbusStandIn::start(sim);
+    let store = dev.store();
+    let r = store
+        .batch(&[
+            Request::Write("a/b", "1"),
+            Request::Write("a/c", "2"),
+            Request::Read("a/c"),
+            Request::Directory("a"),
+            Request::Read("a/missing"),
+            Request::Rm("a/b"),
+            Request::Directory("a"),
+        ])
+        .expect("a mixed batch over the device");
+    assert_eq!(r[2].clone().value().as_deref(), Some("2"));
+    assert_eq!(r[3].clone().list(), vec!["b", "c"]);
+    assert_eq!(r[4].clone().value(), None);
+    assert_eq!(r[6].clone().list(), vec!["c"]);
+    // Far more reads than the device keeps outstanding, in one batch.
+    let paths: Vec<String> = (0..600)
+        .map(|i| format!("backend/vbd/7/{i}/physical-device"))
+        .collect();
+    let got = store
+        .read_many(&paths)
+        .expect("a long batch over the device");
+    for (i, v) in got.iter().enumerate() {
+        assert_eq!(v, &(i < 300).then(|| format!("7:{i:x}")), "reply {i}");
+    }
+    // Errors fail the batch and leave the connection in step.
+    assert!(store.read_many(&["a/c", "bad//path"]).is_err());
+    assert_eq!(store.read("a/c").expect("in step").as_deref(), Some("2"));
+    assert_eq!(store.counters(), (7 + 600 + 2 + 1, 4));
+    drop(store);
+    assert_eq!(dev.finish(), Ok(610));
+}

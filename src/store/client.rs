@@ -9,6 +9,17 @@
 //! /run/xenstored/socket, then /dev/xen/xenbus), and implements
 //! xenstore-rs's `Xs` trait so that code written against that crate's
 //! interface runs over it.
+//!
+//! The socket and the xenbus device take their requests differently. The
+//! socket is a byte stream: it is written non-blocking as it drains, while
+//! replies are read (xenstored stops reading a connection whose replies pile
+//! up). The device (`/dev/xen/xenbus`, `/proc/xen/xenbus`: xenstored in a
+//! stub domain, driver domains) never reports writable to poll() (only
+//! readable, when a reply is queued), and each write() must carry exactly
+//! one whole message (the kernel handles one and discards the rest; more than
+//! 4096 + 16 bytes is EINVAL). So on the device each message goes in one
+//! blocking write, a few requests are kept outstanding (replies come back in
+//! order), and only POLLIN is ever waited for.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -28,9 +39,39 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SOCKET: &str = "/run/xenstored/socket";
 const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
 
+/// Requests kept outstanding on the xenbus device before replies are read.
+/// Old kernels (before 4.11) answer inside write() anyway; newer ones queue
+/// replies without bound, so this only keeps a stand-in's buffers (and the
+/// kernel's queue) small: 16 replies of at most 4112 bytes fit any socket
+/// buffer.
+const DEVICE_WINDOW: usize = 16;
+
 enum Conn {
     Socket(UnixStream),
     Device(File),
+}
+
+/// How a connection takes its requests (see the module header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavour {
+    Socket,
+    Device,
+}
+
+/// What to wait for: the socket is written as it drains, so it waits for
+/// POLLOUT while bytes are pending; the device never reports writable, so it
+/// waits for replies only.
+fn poll_mask(flavour: Flavour, pending_out: bool) -> PollFlags {
+    match (flavour, pending_out) {
+        (Flavour::Socket, true) => PollFlags::POLLIN | PollFlags::POLLOUT,
+        (Flavour::Socket, false) | (Flavour::Device, _) => PollFlags::POLLIN,
+    }
+}
+
+/// Whether the device may take one more request now: there is one left and
+/// fewer than DEVICE_WINDOW are waiting for their replies.
+fn device_may_send(sent: usize, answered: usize, total: usize) -> bool {
+    sent < total && sent.saturating_sub(answered) < DEVICE_WINDOW
 }
 
 impl Conn {
@@ -39,6 +80,30 @@ impl Conn {
             Conn::Socket(s) => s.as_fd(),
             Conn::Device(f) => f.as_fd(),
         }
+    }
+
+    fn flavour(&self) -> Flavour {
+        match self {
+            Conn::Socket(_) => Flavour::Socket,
+            Conn::Device(_) => Flavour::Device,
+        }
+    }
+}
+
+/// The encoded requests of a batch and how far they have gone out.
+struct Outgoing {
+    buf: Vec<u8>,
+    /// Where each message ends in `buf`.
+    ends: Vec<usize>,
+    /// Bytes written so far.
+    written: usize,
+    /// Whole messages written so far (the device's count).
+    sent: usize,
+}
+
+impl Outgoing {
+    fn pending(&self) -> bool {
+        self.written < self.buf.len()
     }
 }
 
@@ -167,6 +232,14 @@ impl Store {
         ))
     }
 
+    /// A store over `file`, spoken to as the xenbus device is (one whole
+    /// message per write, never polled for writability). For tests: a
+    /// stand-in with the device's semantics drives the real client code.
+    #[doc(hidden)]
+    pub fn over_device(file: File, origin: &str) -> Store {
+        Store::from_conn(Conn::Device(file), origin.into())
+    }
+
     fn from_conn(conn: Conn, origin: String) -> Store {
         Store {
             inner: RefCell::new(Inner {
@@ -220,6 +293,7 @@ impl Store {
         let mut inner = self.inner.borrow_mut();
         let first = inner.next_req;
         let mut out = Vec::new();
+        let mut ends = Vec::with_capacity(reqs.len());
         let mut ops = Vec::with_capacity(reqs.len());
         for (i, r) in reqs.iter().enumerate() {
             let id = first.wrapping_add(i as u32);
@@ -237,17 +311,23 @@ impl Store {
             }
             ops.push(m.ty);
             m.encode_into(&mut out);
+            ends.push(out.len());
         }
         inner.next_req = first.wrapping_add(reqs.len() as u32);
         inner.requests += reqs.len() as u64;
         inner.round_trips += 1;
         let deadline = Instant::now() + inner.timeout;
-        let mut pending: &[u8] = &out;
+        let mut pending = Outgoing {
+            buf: out,
+            ends,
+            written: 0,
+            sent: 0,
+        };
         let mut replies = Vec::with_capacity(reqs.len());
         let mut failure = None;
         for (i, ty) in ops.iter().enumerate() {
             let id = first.wrapping_add(i as u32);
-            let m = inner.recv(&mut pending, deadline, &self.origin)?;
+            let m = inner.recv(&mut pending, i, deadline, &self.origin)?;
             if m.req_id != id {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -341,10 +421,20 @@ impl Inner {
     }
 
     /// The next reply, skipping watch events (this client sets no watches,
-    /// but a shared xenbus device may deliver them). Meanwhile it sends what
-    /// is left of `out`: xenstored stops reading a connection whose replies
-    /// are not read, so a long batch must read while it writes.
-    fn recv(&mut self, out: &mut &[u8], deadline: Instant, origin: &str) -> io::Result<Message> {
+    /// but a shared xenbus device may deliver them), `answered` replies of
+    /// the batch having been taken already. Meanwhile it sends what is left
+    /// of `out`: on the socket as it drains (xenstored stops reading a
+    /// connection whose replies are not read, so a long batch must read
+    /// while it writes); on the device one whole message per write, up to
+    /// DEVICE_WINDOW outstanding.
+    fn recv(
+        &mut self,
+        out: &mut Outgoing,
+        answered: usize,
+        deadline: Instant,
+        origin: &str,
+    ) -> io::Result<Message> {
+        let flavour = self.conn.flavour();
         loop {
             if let Some(m) = self.take_message()? {
                 if m.op() == Some(Op::WatchEvent) {
@@ -352,15 +442,17 @@ impl Inner {
                 }
                 return Ok(m);
             }
-            let mut want = PollFlags::POLLIN;
-            if !out.is_empty() {
-                want |= PollFlags::POLLOUT;
+            if flavour == Flavour::Device {
+                while device_may_send(out.sent, answered, out.ends.len()) {
+                    self.send_whole(out, origin)?;
+                }
             }
-            let got = self.wait(want, deadline)?;
+            let got = self.wait(poll_mask(flavour, out.pending()), deadline)?;
             if got.contains(PollFlags::POLLOUT) {
-                match self.conn.write(out) {
+                let rest = out.buf.get(out.written..).unwrap_or_default();
+                match self.conn.write(rest) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => *out = out.get(n..).unwrap_or_default(),
+                    Ok(n) => out.written += n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
@@ -385,6 +477,29 @@ impl Inner {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Writes the next message whole, in one write() (the device's rule:
+    /// one message per write; it is never polled for writability).
+    fn send_whole(&mut self, out: &mut Outgoing, origin: &str) -> io::Result<()> {
+        let end = out.ends.get(out.sent).copied().unwrap_or(out.buf.len());
+        let msg = out.buf.get(out.written..end).unwrap_or_default();
+        loop {
+            match self.conn.write(msg) {
+                Ok(n) if n == msg.len() => break,
+                Ok(n) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("{origin} took {n} of a {}-byte message", msg.len()),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.written = end;
+        out.sent += 1;
+        Ok(())
     }
 
     fn take_message(&mut self) -> io::Result<Option<Message>> {
@@ -433,5 +548,46 @@ impl xenstore_rs::Xs for Store {
     }
     fn rm(&self, path: &str) -> io::Result<()> {
         Store::rm(self, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_is_never_polled_for_writability() {
+        let (i, o) = (PollFlags::POLLIN, PollFlags::POLLOUT);
+        for (flavour, pending, want) in [
+            (Flavour::Socket, true, i | o),
+            (Flavour::Socket, false, i),
+            (Flavour::Device, true, i),
+            (Flavour::Device, false, i),
+        ] {
+            assert_eq!(poll_mask(flavour, pending), want, "{flavour:?} {pending}");
+        }
+    }
+
+    #[test]
+    fn the_device_keeps_a_window_of_requests_outstanding() {
+        // (sent, answered, total) -> may send one more
+        for (sent, answered, total, want) in [
+            (0, 0, 1, true),
+            (1, 0, 1, false),
+            (0, 0, 100, true),
+            (DEVICE_WINDOW - 1, 0, 100, true),
+            (DEVICE_WINDOW, 0, 100, false),
+            (DEVICE_WINDOW, 1, 100, true),
+            (100, 99, 100, false),
+            (0, 0, 0, false),
+            // A peer that answers more than was asked never underflows.
+            (3, 5, 10, true),
+        ] {
+            assert_eq!(
+                device_may_send(sent, answered, total),
+                want,
+                "sent {sent}, answered {answered}, total {total}"
+            );
+        }
     }
 }
