@@ -1,5 +1,18 @@
-//! The xenstore client against the simulator over a real socket.
+//! The xenstore client against the simulator over a real socket, a
+//! stand-in for the xenbus device, and a xenstored whose listen queue is
+//! full.
 
+mod common;
+mod support;
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{can_loop, Bed};
+use nix::sys::socket::{
+    bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
 use xen_block_hotplug::sim::Simulator;
 use xen_block_hotplug::store::{Request, Store};
 
@@ -163,4 +176,116 @@ fn the_xenbus_device_gets_one_whole_message_per_write() {
     assert_eq!(store.counters(), (7 + 600 + 2 + 1, 4));
     drop(store);
     assert_eq!(dev.finish(), Ok(610));
+}
+
+/// A listening socket at `path` that never accepts, its queue (backlog 0)
+/// filled by connections that stay pending: a xenstored too busy to accept.
+fn full_listener(path: &Path) -> (OwnedFd, Vec<OwnedFd>) {
+    let addr = UnixAddr::new(path).expect("address");
+    let l = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(std::os::fd::AsRawFd::as_raw_fd(&l), &addr).expect("bind");
+    listen(&l, Backlog::new(0).expect("backlog")).expect("listen");
+    let mut pending = Vec::new();
+    loop {
+        let c = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .expect("socket");
+        match connect(std::os::fd::AsRawFd::as_raw_fd(&c), &addr) {
+            Ok(()) => pending.push(c),
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => panic!("filling the queue: {e}"),
+        }
+        assert!(pending.len() < 100, "the listen queue never filled");
+    }
+    (l, pending)
+}
+
+/// Runs `f` on a thread; a hang (the defect) fails the test instead of
+/// hanging it.
+fn without_hanging<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("still blocked: the connect is not bounded by the store timeout")
+}
+
+#[test]
+fn a_xenstored_whose_listen_queue_is_full_fails_the_connect_in_time() {
+    let dir = tempdir("full-queue");
+    let path = dir.join("socket");
+    let (_listener, _pending) = full_listener(&path);
+    let p = path.clone();
+    let r = without_hanging(move || {
+        Store::open_socket_within(&p, Duration::from_millis(200)).map(|_| ())
+    });
+    let e = r.expect_err("nobody accepts");
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_connect_waits_for_room_in_the_listen_queue() {
+    let dir = tempdir("queue-drains");
+    let path = dir.join("socket");
+    let (listener, pending) = full_listener(&path);
+    // The busy xenstored gets round to accepting: the queue drains while
+    // the client waits, and its connect then goes through.
+    let drain = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let l = std::os::unix::net::UnixListener::from(listener);
+        let mut accepted = Vec::new();
+        for _ in 0..=pending.len() {
+            accepted.push(l.accept().expect("accept"));
+        }
+        (l, accepted, pending)
+    });
+    let p = path.clone();
+    let r =
+        without_hanging(move || Store::open_socket_within(&p, Duration::from_secs(30)).map(|_| ()));
+    assert!(r.is_ok(), "{r:?}");
+    let _ = drain.join();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("xbh-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir(&d).expect("test directory");
+    d
+}
+
+#[test]
+fn absurd_timeouts_are_clamped_instead_of_panicking() {
+    if !can_loop("absurd_timeouts_are_clamped_instead_of_panicking") {
+        return;
+    }
+    for absurd in ["1e19", "1e300", "18446744073709551615", "inf"] {
+        let bed = Bed::new("absurd-timeout");
+        let img = bed.image("disk.img", 1);
+        let b = bed.backend(7, 51712, "file", img.to_str().unwrap(), "w");
+        let r: common::Run = bed
+            .command(&b)
+            .env("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT", absurd)
+            .env("XEN_BLOCK_HOTPLUG_LOCK_TIMEOUT", absurd)
+            .arg("add")
+            .output()
+            .expect("running the binary")
+            .into();
+        assert!(!r.stderr.contains("panicked"), "{absurd}: {}", r.stderr);
+        support::assert_file_connected(&bed, &b, &r, &img, false);
+        assert_eq!(bed.run("remove", &b).code, 0, "{absurd}");
+    }
 }

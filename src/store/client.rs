@@ -24,17 +24,34 @@
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::time::TimeVal;
 
 use super::wire::{Message, Op, PAYLOAD_MAX};
 
 /// Default bound on any one exchange with xenstored.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest bound honoured: a year is "forever" for a hotplug script,
+/// and `Instant + Duration` panics past the clock's range (a person's
+/// `1e19`), so longer timeouts are clamped to this.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The instant `t` from now, `t` clamped to LONGEST_WAIT: never panics.
+pub fn deadline_after(t: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(t.min(LONGEST_WAIT)).unwrap_or(now)
+}
 
 const DEFAULT_SOCKET: &str = "/run/xenstored/socket";
 const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
@@ -195,9 +212,14 @@ impl Store {
     /// Connects as the xenstore clients do: the socket named by
     /// XENSTORED_PATH, else /run/xenstored/socket, else /dev/xen/xenbus.
     pub fn open() -> io::Result<Store> {
-        match std::env::var_os("XENSTORED_PATH") {
-            Some(p) => Store::open_socket(Path::new(&p)),
-            None => Store::open_socket(Path::new(DEFAULT_SOCKET)).or_else(|_| {
+        Store::open_within(DEFAULT_TIMEOUT)
+    }
+
+    /// `open`, every exchange (the connect included) bounded by `timeout`.
+    pub fn open_within(timeout: Duration) -> io::Result<Store> {
+        let store = match std::env::var_os("XENSTORED_PATH") {
+            Some(p) => Store::open_socket_within(Path::new(&p), timeout),
+            None => Store::open_socket_within(Path::new(DEFAULT_SOCKET), timeout).or_else(|_| {
                 let f = OpenOptions::new()
                     .read(true)
                     .write(true)
@@ -213,11 +235,20 @@ impl Store {
                     })?;
                 Ok(Store::from_conn(Conn::Device(f), XENBUS_DEVICE.into()))
             }),
-        }
+        }?;
+        store.set_timeout(timeout);
+        Ok(store)
     }
 
+    /// The socket at `path`, with the default timeout.
     pub fn open_socket(path: &Path) -> io::Result<Store> {
-        let s = UnixStream::connect(path).map_err(|e| {
+        Store::open_socket_within(path, DEFAULT_TIMEOUT)
+    }
+
+    /// The socket at `path`; the connect and every exchange bounded by
+    /// `timeout`.
+    pub fn open_socket_within(path: &Path, timeout: Duration) -> io::Result<Store> {
+        let s = connect_within(path, timeout).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("connecting to xenstored at {}: {e}", path.display()),
@@ -226,10 +257,9 @@ impl Store {
         // Non-blocking, so that a peer that stops reading cannot block a
         // write past the deadline: every wait goes through poll.
         s.set_nonblocking(true)?;
-        Ok(Store::from_conn(
-            Conn::Socket(s),
-            path.to_string_lossy().into_owned(),
-        ))
+        let store = Store::from_conn(Conn::Socket(s), path.to_string_lossy().into_owned());
+        store.set_timeout(timeout);
+        Ok(store)
     }
 
     /// A store over `file`, spoken to as the xenbus device is (one whole
@@ -271,9 +301,10 @@ impl Store {
         }
     }
 
-    /// Bound on any one exchange (a batch counts as one).
+    /// Bound on any one exchange (a batch counts as one), at most
+    /// LONGEST_WAIT.
     pub fn set_timeout(&self, t: Duration) {
-        self.inner.borrow_mut().timeout = t;
+        self.inner.borrow_mut().timeout = t.min(LONGEST_WAIT);
     }
 
     /// (requests sent, round trips waited) so far.
@@ -316,7 +347,7 @@ impl Store {
         inner.next_req = first.wrapping_add(reqs.len() as u32);
         inner.requests += reqs.len() as u64;
         inner.round_trips += 1;
-        let deadline = Instant::now() + inner.timeout;
+        let deadline = deadline_after(inner.timeout);
         let mut pending = Outgoing {
             buf: out,
             ends,
@@ -398,6 +429,49 @@ impl Store {
 
     pub fn rm(&self, path: &str) -> io::Result<()> {
         self.one(Request::Rm(path)).map(|_| ())
+    }
+}
+
+/// Connects to the socket at `path` within `timeout`. xenstored listens
+/// with a backlog of 1: while its queue is full a blocking connect waits,
+/// without bound, and a non-blocking one fails with EAGAIN. So the connect
+/// blocks with SO_SNDTIMEO set to the time left (the kernel bounds that wait
+/// by it and wakes us as soon as the queue drains), and EAGAIN is retried
+/// until the deadline.
+fn connect_within(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let timeout = timeout.min(LONGEST_WAIT);
+    let deadline = deadline_after(timeout);
+    let addr = UnixAddr::new(path)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "its listen queue stayed full for {:.0} s",
+                    timeout.as_secs_f64()
+                ),
+            ));
+        }
+        // A zero timeval means "no bound": at least 1 us.
+        let micros = left.subsec_micros().max(u32::from(left.as_secs() == 0));
+        let tv = TimeVal::new(
+            left.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+            libc::suseconds_t::from(micros),
+        );
+        setsockopt(&fd, sockopt::SendTimeout, &tv)?;
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => return Ok(UnixStream::from(fd)),
+            // Interrupted, or the queue still full: try again in the time left.
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
