@@ -289,3 +289,58 @@ fn absurd_timeouts_are_clamped_instead_of_panicking() {
         assert_eq!(bed.run("remove", &b).code, 0, "{absurd}");
     }
 }
+
+/// `diagnose` run with `env` only (no XENSTORED_PATH unless given).
+fn diagnose_with(bed: &Bed, env: &[(&str, &Path)], args: &[&str]) -> common::Run {
+    let mut c = std::process::Command::new(common::BIN);
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("XEN_BLOCK_HOTPLUG_LOCK", &bed.lock)
+        .arg("diagnose")
+        .arg("--log-file")
+        .arg(bed.dir.join("xen-hotplug.log"))
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("running the binary").into()
+}
+
+#[test]
+fn xenstored_is_found_in_its_run_dir_and_diagnose_says_which_store_it_read() {
+    let bed = Bed::new("rundir");
+    let run = bed.dir.join("run");
+    std::fs::create_dir(&run).expect("run dir");
+    let socket = run.join("socket");
+    std::os::unix::fs::symlink(bed.sim.socket_path(), &socket).expect("socket link");
+    let env = [("XENSTORED_RUNDIR", run.as_path())];
+    let r = diagnose_with(&bed, &env, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = format!("xenstore: {}", socket.display());
+    assert!(r.stdout.lines().any(|l| l == line), "{}", r.stdout);
+    let r = diagnose_with(&bed, &env, &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["store"], socket.to_str().unwrap());
+}
+
+#[test]
+fn when_no_xenstored_answers_the_error_names_every_place_tried() {
+    let bed = Bed::new("nowhere");
+    let empty = bed.dir.join("empty");
+    std::fs::create_dir(&empty).expect("empty dir");
+    let r = diagnose_with(&bed, &[("XENSTORED_RUNDIR", empty.as_path())], &[]);
+    assert_eq!(r.code, 1);
+    let mut places = vec![format!(
+        "{}: does not exist",
+        empty.join("socket").display()
+    )];
+    for dev in ["/dev/xen/xenbus", "/proc/xen/xenbus"] {
+        if !Path::new(dev).exists() {
+            places.push(format!("{dev}: does not exist"));
+        }
+    }
+    for p in places {
+        assert!(r.stderr.contains(&p), "{p:?} not in {}", r.stderr);
+    }
+}

@@ -188,6 +188,8 @@ pub struct Report {
     /// backend, domain or host.
     pub scope: &'static str,
     pub healthy: bool,
+    /// Where xenstored was reached (socket path or xenbus device).
+    pub store: String,
     pub lock: LockFacts,
     pub devices: Vec<Device>,
 }
@@ -397,6 +399,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         // A domain without disks is a finding; a host without any is not.
         healthy: devices.iter().all(|d| d.verdict.healthy)
             && !(devices.is_empty() && matches!(scope, Scope::Domain(_))),
+        store: store.origin().to_string(),
         lock,
         devices,
     })

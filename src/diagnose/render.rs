@@ -294,6 +294,7 @@ pub fn text(r: &Report, log_file: &str, colour: bool) -> String {
         }
     }
     o.push('\n');
+    o.push_str(&format!("xenstore: {}\n", r.store));
     o.push_str(&lock_line(&r.lock));
     o
 }

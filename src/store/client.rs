@@ -5,10 +5,9 @@
 //! hotplug timeout), sends one request at a time (the sharing scan wants
 //! hundreds of reads in one round trip: xenstored answers outstanding
 //! requests in order), and keeps its wire codec private. So this client
-//! speaks the protocol itself, finds xenstored the same way (XENSTORED_PATH,
-//! /run/xenstored/socket, then /dev/xen/xenbus), and implements
-//! xenstore-rs's `Xs` trait so that code written against that crate's
-//! interface runs over it.
+//! speaks the protocol itself, finds xenstored where libxenstore does
+//! (`locate`), and implements xenstore-rs's `Xs` trait so that code written
+//! against that crate's interface runs over it.
 //!
 //! The socket and the xenbus device take their requests differently. The
 //! socket is a byte stream: it is written non-blocking as it drains, while
@@ -37,6 +36,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
+use super::locate;
 use super::wire::{Message, Op, PAYLOAD_MAX};
 
 /// Default bound on any one exchange with xenstored.
@@ -52,9 +52,6 @@ pub fn deadline_after(t: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(t.min(LONGEST_WAIT)).unwrap_or(now)
 }
-
-const DEFAULT_SOCKET: &str = "/run/xenstored/socket";
-const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
 
 /// Requests kept outstanding on the xenbus device before replies are read.
 /// Old kernels (before 4.11) answer inside write() anyway; newer ones queue
@@ -209,33 +206,57 @@ fn error_kind(name: &str) -> io::ErrorKind {
 }
 
 impl Store {
-    /// Connects as the xenstore clients do: the socket named by
-    /// XENSTORED_PATH, else /run/xenstored/socket, else /dev/xen/xenbus.
+    /// Connects as libxenstore does (see `locate`), with the default timeout.
     pub fn open() -> io::Result<Store> {
         Store::open_within(DEFAULT_TIMEOUT)
     }
 
     /// `open`, every exchange (the connect included) bounded by `timeout`.
+    /// The error names every place tried and why each failed.
     pub fn open_within(timeout: Duration) -> io::Result<Store> {
-        let store = match std::env::var_os("XENSTORED_PATH") {
-            Some(p) => Store::open_socket_within(Path::new(&p), timeout),
-            None => Store::open_socket_within(Path::new(DEFAULT_SOCKET), timeout).or_else(|_| {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(XENBUS_DEVICE)
-                    .map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!(
-                                "no xenstored at {DEFAULT_SOCKET} or {XENBUS_DEVICE} \
-                                 (is this a Xen dom0?): {e}"
-                            ),
-                        )
-                    })?;
-                Ok(Store::from_conn(Conn::Device(f), XENBUS_DEVICE.into()))
-            }),
-        }?;
+        let places = locate::places(&locate::Env::from_process());
+        let mut kind = io::ErrorKind::NotFound;
+        let found = locate::first_answer(&places, |p| {
+            let r = Store::open_place(p, timeout);
+            if let Err(e) = &r {
+                if e.kind() != io::ErrorKind::NotFound {
+                    kind = e.kind();
+                }
+            }
+            r.map_err(|e| e.to_string())
+        });
+        match found {
+            Ok((_, store)) => Ok(store),
+            Err(why) => Err(io::Error::new(kind, why)),
+        }
+    }
+
+    /// Whatever is at `path`: a socket is connected to, the xenbus device
+    /// (or xenfs's file) is opened as the device, anything else refused.
+    fn open_place(path: &Path, timeout: Duration) -> io::Result<Store> {
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => io::Error::new(e.kind(), "does not exist"),
+            _ => e,
+        })?;
+        let kind = locate::kind_of(path, meta.file_type()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is neither a socket nor the xenbus device",
+            )
+        })?;
+        let store = match kind {
+            locate::Kind::Socket => {
+                let s = connect_within(path, timeout)?;
+                // Non-blocking, so that a peer that stops reading cannot
+                // block a write past the deadline: every wait goes through poll.
+                s.set_nonblocking(true)?;
+                Store::from_conn(Conn::Socket(s), path.to_string_lossy().into_owned())
+            }
+            locate::Kind::Device => {
+                let f = OpenOptions::new().read(true).write(true).open(path)?;
+                Store::from_conn(Conn::Device(f), path.to_string_lossy().into_owned())
+            }
+        };
         store.set_timeout(timeout);
         Ok(store)
     }
@@ -290,15 +311,12 @@ impl Store {
     }
 
     /// This store's name in loop device records: empty for the host's own
-    /// xenstored (the default socket or the xenbus device), else the socket
-    /// XENSTORED_PATH named, so that devices attached for a private store
-    /// (a test's simulator) are never taken for the host's.
+    /// xenstored (any default place: `locate::HOST_DEFAULTS`), else the path
+    /// XENSTORED_PATH or XENSTORED_RUNDIR named, so that devices attached
+    /// for a private store (a test's simulator) are never taken for the
+    /// host's.
     pub fn identity(&self) -> &str {
-        if self.origin == DEFAULT_SOCKET || self.origin == XENBUS_DEVICE {
-            ""
-        } else {
-            &self.origin
-        }
+        locate::identity(&self.origin)
     }
 
     /// Bound on any one exchange (a batch counts as one), at most
