@@ -599,6 +599,7 @@ fn conflicts(
             domid,
             backend,
             writable,
+            ..
         } = u
         else {
             continue;
@@ -606,7 +607,8 @@ fn conflicts(
         if *backend == d.inv.backend || !devs.contains(device) {
             continue;
         }
-        if !(want_write || *writable) || sharing::same_vm(me, vms.get(domid).unwrap_or(&none)) {
+        let other = vms.get(domid).unwrap_or(&none);
+        if !(want_write || *writable) || sharing::same_vm(me, other) {
             continue;
         }
         out.push(Conflict {
@@ -615,7 +617,10 @@ fn conflicts(
             backend: Some(backend.clone()),
             mount_point: None,
             writable: *writable,
-            description: u.describe(),
+            description: u
+                .clone()
+                .noted(sharing::untrusted_note(me, other))
+                .describe(),
         });
     }
     out

@@ -163,6 +163,9 @@ pub struct Store {
 pub enum Request<'a> {
     Read(&'a str),
     Directory(&'a str),
+    /// GET_PERMS: the node's permission list (`Reply::List`), the owner's
+    /// entry first (`wire::perms_owner`).
+    GetPerms(&'a str),
     Write(&'a str, &'a str),
     Rm(&'a str),
 }
@@ -349,6 +352,7 @@ impl Store {
             let m = match r {
                 Request::Read(p) => Message::strings(Op::Read, id, 0, &[p.as_bytes()]),
                 Request::Directory(p) => Message::strings(Op::Directory, id, 0, &[p.as_bytes()]),
+                Request::GetPerms(p) => Message::strings(Op::GetPerms, id, 0, &[p.as_bytes()]),
                 Request::Rm(p) => Message::strings(Op::Rm, id, 0, &[p.as_bytes()]),
                 Request::Write(p, v) => Message::write(id, 0, p, v.as_bytes()),
             };
@@ -401,7 +405,7 @@ impl Store {
             } else {
                 match Op::from_u32(*ty) {
                     Some(Op::Read) => Reply::Value(m.payload_str()),
-                    Some(Op::Directory) => Reply::List(m.payload_list()),
+                    Some(Op::Directory | Op::GetPerms) => Reply::List(m.payload_list()),
                     _ => Reply::Done,
                 }
             };
