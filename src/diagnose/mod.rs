@@ -433,7 +433,7 @@ fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug) -> (Checks, Vec<DevNum>) 
     let mut phy_dev: Option<DevNum> = None;
     // Read-only classification: the image is opened read-only whatever the
     // mode (write permission is checked from the mode bits instead).
-    let pc = match kind::classify(ty, params, Mode::ReadOnly, &inv.script_dir) {
+    let pc = match kind::classify(ty, params.as_bytes(), Mode::ReadOnly, &inv.script_dir) {
         Ok(Target::Empty) => ParamsCheck {
             ok: true,
             kind: "empty",
@@ -449,7 +449,7 @@ fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug) -> (Checks, Vec<DevNum>) 
                 device: None,
             }
         }
-        Ok(Target::Phy { path, stat }) => {
+        Ok(Target::Phy { path, stat, .. }) => {
             let d = DevNum::from_rdev(stat.st_rdev);
             phy_dev = Some(d);
             ParamsCheck {

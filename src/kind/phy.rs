@@ -1,5 +1,6 @@
 //! `phy`: a block device of dom0 handed to blkback as it is.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use anyhow::Result;
@@ -19,6 +20,7 @@ pub fn add(
     inputs: &Inputs,
     path: &Path,
     stat: &FileStat,
+    _fd: &OwnedFd,
     mode: Mode,
 ) -> Result<()> {
     let inv = &job.inv;
