@@ -19,6 +19,7 @@ pub mod cli;
 pub mod devnum;
 pub mod diagnose;
 pub mod exit_codes;
+pub mod holders;
 pub mod hotplug;
 pub mod invocation;
 pub mod kind;

@@ -2,8 +2,9 @@
 //! toolstack wrote down to the loop device, in one read-only pass.
 //!
 //! Gathering (this file) reads xenstore in a few pipelined round trips,
-//! looks at `params`, the loop devices, dom0's mounts, /proc/locks and the
-//! hotplug log; `verdict` turns the facts into one sentence and what to do;
+//! looks at `params`, the loop devices, dom0's own use of the devices (the
+//! add's `holders` facts and decision: mounts, swap, dm/md layers, and an
+//! O_EXCL probe for writable disks), /proc/locks and the hotplug log; `verdict` turns the facts into one sentence and what to do;
 //! `render` prints them for a person (80 columns) or as JSON. Nothing is
 //! written, no lock is taken, no loop device is attached or detached.
 
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 use crate::devnum::DevNum;
 use crate::exit_codes::ExitCode;
+use crate::holders::{self, Probe};
 use crate::invocation::{Action, Invocation, Vars};
 use crate::kind::{self, file, Target};
 use crate::loopdev;
@@ -142,11 +144,14 @@ pub struct LoopCheck {
 /// Someone else using the same device in a conflicting mode.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Conflict {
-    /// guest or mount.
+    /// guest, mount, or holder (dom0's swap, a dm/md layer, or an
+    /// exclusive holder that cannot be seen).
     pub user: &'static str,
     pub domid: Option<u32>,
     pub backend: Option<String>,
     pub mount_point: Option<String>,
+    /// For a holder: `swap`, the layer's name (dm-0, md0), or `unseen`.
+    pub holder: Option<String>,
     pub writable: bool,
     /// "used read-write by domain 7 (backend/vbd/7/51712)".
     pub description: String,
@@ -312,7 +317,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
 
     let lock = lockinfo::examine(&opts.lock_file);
     let log_tail = read_log_tail(&opts.log_file);
-    let mounts = sharing::mounts().unwrap_or_default();
+    let sources = holders::Sources::read().unwrap_or_default();
 
     let mut devices: Vec<Device> = Vec::new();
     let mut wanted: Vec<Vec<DevNum>> = Vec::new();
@@ -373,7 +378,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         .iter()
         .filter_map(|u| match u {
             User::Guest { domid, .. } => Some(*domid),
-            User::Mount { .. } => None,
+            _ => None,
         })
         .chain(devices.iter().map(frontend_domid))
         .collect();
@@ -385,7 +390,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         sharing::read_vms(store, &doms)?
     };
     for (d, devs) in devices.iter_mut().zip(&wanted) {
-        d.checks.conflicts = conflicts(d, devs, &users, &mounts, &vms);
+        d.checks.conflicts = conflicts(d, devs, &users, &sources, &vms);
         d.verdict = verdict::judge(d, &lock);
     }
     Ok(Report {
@@ -562,7 +567,7 @@ fn conflicts(
     d: &Device,
     devs: &[DevNum],
     users: &[User],
-    mounts: &[sharing::Mount],
+    sources: &holders::Sources,
     vms: &HashMap<u32, DomVm>,
 ) -> Vec<Conflict> {
     let mode = mode_of(&d.toolstack);
@@ -573,22 +578,46 @@ fn conflicts(
     let none = DomVm::default();
     let me = vms.get(&frontend_domid(d)).unwrap_or(&none);
     let mut out = Vec::new();
-    for m in mounts {
-        if devs.contains(&m.device) && (want_write || m.writable) {
-            let u = User::Mount {
-                device: m.device,
-                point: m.point.clone(),
-                writable: m.writable,
-            };
-            out.push(Conflict {
+    // dom0's own use, judged as the add judges it.
+    for dev in devs {
+        let probe = match holders::node_of(*dev) {
+            Some(node) if want_write => holders::probe(&node),
+            _ => Probe::Skipped,
+        };
+        let facts = holders::gather(*dev, probe, sources);
+        let Some(u) = holders::decide(want_write, &facts) else {
+            continue;
+        };
+        let description = u.describe();
+        out.push(match u {
+            User::Mount {
+                point, writable, ..
+            } => Conflict {
                 user: "mount",
                 domid: None,
                 backend: None,
-                mount_point: Some(m.point.clone()),
-                writable: m.writable,
-                description: u.describe(),
-            });
-        }
+                mount_point: Some(point),
+                holder: None,
+                writable,
+                description,
+            },
+            User::Holder { holder, .. } => Conflict {
+                user: "holder",
+                domid: None,
+                backend: None,
+                mount_point: None,
+                writable: !matches!(
+                    holder,
+                    holders::Holder::Layer {
+                        writable: false,
+                        ..
+                    }
+                ),
+                holder: Some(holder.name()),
+                description,
+            },
+            User::Guest { .. } => continue,
+        });
     }
     for u in users {
         let User::Guest {
@@ -611,6 +640,7 @@ fn conflicts(
             domid: Some(*domid),
             backend: Some(backend.clone()),
             mount_point: None,
+            holder: None,
             writable: *writable,
             description: u.describe(),
         });

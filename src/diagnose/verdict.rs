@@ -127,6 +127,15 @@ fn conflict_verdict(d: &Device, already: bool) -> Option<Verdict> {
                 .unwrap_or("DEV");
             format!("detach it from domain {dom} first (xl block-detach {dom} {dev})")
         }
+        (None, "holder") => match c.holder.as_deref() {
+            Some("swap") => "turn that swap off in dom0 first (swapoff)".to_string(),
+            Some("unseen") | None => "find what holds it in dom0 (a mount in another namespace: \
+                 grep in /proc/*/mountinfo; or lsof) and stop it first"
+                .to_string(),
+            Some(layer) => format!(
+                "take down {layer} in dom0 first (dmsetup remove, lvchange -an or mdadm --stop)"
+            ),
+        },
         (None, _) => format!(
             "unmount {} in dom0 first",
             c.mount_point.as_deref().unwrap_or("it")
