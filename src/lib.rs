@@ -18,6 +18,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod devnum;
 pub mod diagnose;
+pub mod escape;
 pub mod exit_codes;
 pub mod holders;
 pub mod hotplug;

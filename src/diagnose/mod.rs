@@ -700,7 +700,10 @@ pub fn main(scope: &Scope, opts: &Options, as_json: bool) -> ExitCode {
     let report = match report {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("xen-block-hotplug diagnose: {e:#}");
+            eprintln!(
+                "xen-block-hotplug diagnose: {}",
+                crate::escape::escape(&format!("{e:#}"))
+            );
             return ExitCode::Failure;
         }
     };
