@@ -73,7 +73,8 @@ fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
         .ok_or_else(|| anyhow!("backend {} has no params node", inv.backend))?;
     let mode_s = inputs.mode.as_deref();
     let mode = Mode::parse(mode_s.unwrap_or(""));
-    let target = kind::classify(ty, params.as_bytes(), mode, &inv.script_dir)?;
+    let params = kind::params_bytes(store, &inv.node("params"), params)?;
+    let target = kind::classify(ty, &params, mode, &inv.script_dir)?;
     if matches!(target, Target::Phy { .. } | Target::File { .. }) && mode_s.is_none() {
         return Err(anyhow!("backend {} has no mode node", inv.backend));
     }

@@ -345,7 +345,11 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         };
         let exists = !m.is_empty();
         let (checks, devs) = if exists {
-            check(&inv, &toolstack, &hotplug)
+            // A params that is not UTF-8 is examined as the bytes it is.
+            let lossy = toolstack.params.as_deref().unwrap_or("");
+            let params = kind::params_bytes(store, &inv.node("params"), lossy)
+                .unwrap_or(std::borrow::Cow::Borrowed(lossy.as_bytes()));
+            check(&inv, &toolstack, &hotplug, &params)
         } else {
             (Checks::default(), Vec::new())
         };
@@ -428,7 +432,7 @@ fn mode_of(t: &Toolstack) -> Mode {
 }
 
 /// Checks one backend; also returns the devices whose other users matter.
-fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug) -> (Checks, Vec<DevNum>) {
+fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug, raw: &[u8]) -> (Checks, Vec<DevNum>) {
     let mode = mode_of(t);
     let ty = t.ty.as_deref().unwrap_or("");
     let params = t.params.as_deref().unwrap_or("");
@@ -438,7 +442,7 @@ fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug) -> (Checks, Vec<DevNum>) 
     let mut phy_dev: Option<DevNum> = None;
     // Read-only classification: the image is opened read-only whatever the
     // mode (write permission is checked from the mode bits instead).
-    let pc = match kind::classify(ty, params.as_bytes(), Mode::ReadOnly, &inv.script_dir) {
+    let pc = match kind::classify(ty, raw, Mode::ReadOnly, &inv.script_dir) {
         Ok(Target::Empty) => ParamsCheck {
             ok: true,
             kind: "empty",

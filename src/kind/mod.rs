@@ -22,6 +22,7 @@ pub mod file;
 pub mod helper;
 pub mod phy;
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -35,6 +36,7 @@ use nix::sys::stat::{fstat, FileStat, Mode as Perm, SFlag};
 
 use crate::mode::Mode;
 use crate::outcome::Busy;
+use crate::store::Store;
 
 /// What a backend's `params` turned out to be.
 #[derive(Debug)]
@@ -118,6 +120,21 @@ fn pseudo_filesystem(fd: &OwnedFd) -> Option<&'static str> {
     .into_iter()
     .find(|(m, _)| *m == t)
     .map(|(_, name)| name)
+}
+
+/// `params` as the bytes stored, given its lossy decoding `decoded` (as
+/// the batched read returns it): only a value that came back with a
+/// replacement character is read again, as bytes, from `node` (one more
+/// round trip for a name that is not UTF-8, none otherwise).
+pub fn params_bytes<'a>(store: &Store, node: &str, decoded: &'a str) -> Result<Cow<'a, [u8]>> {
+    if !decoded.contains('\u{fffd}') {
+        return Ok(Cow::Borrowed(decoded.as_bytes()));
+    }
+    let raw = store
+        .read_raw(node)
+        .with_context(|| format!("reading {node} from xenstore"))?
+        .ok_or_else(|| anyhow!("{node} was removed while it was read"))?;
+    Ok(Cow::Owned(raw))
 }
 
 /// Whether `params` holds a control character (C0, DEL, or C1 when it is

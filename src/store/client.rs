@@ -435,3 +435,48 @@ impl xenstore_rs::Xs for Store {
         Store::rm(self, path)
     }
 }
+
+impl Store {
+    /// READ, the value as the bytes stored: a path (`params`) need not be
+    /// UTF-8, and the lossy String of `read` would name another file. None
+    /// when the node does not exist. One round trip.
+    pub fn read_raw(&self, path: &str) -> io::Result<Option<Vec<u8>>> {
+        let mut inner = self.inner.borrow_mut();
+        let id = inner.next_req;
+        let m = Message::strings(Op::Read, id, 0, &[path.as_bytes()]);
+        if m.payload.len() > PAYLOAD_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "xenstore request longer than 4096 bytes",
+            ));
+        }
+        let mut out = Vec::new();
+        m.encode_into(&mut out);
+        inner.next_req = id.wrapping_add(1);
+        inner.requests += 1;
+        inner.round_trips += 1;
+        let deadline = Instant::now()
+            .checked_add(inner.timeout)
+            .unwrap_or_else(|| Instant::now() + DEFAULT_TIMEOUT);
+        let mut pending: &[u8] = &out;
+        let r = inner.recv(&mut pending, deadline, &self.origin)?;
+        if r.req_id != id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("xenstored answered request {} when {id} was due", r.req_id),
+            ));
+        }
+        if r.op() == Some(Op::Error) {
+            let name = r.payload_str();
+            if name == "ENOENT" {
+                return Ok(None);
+            }
+            return Err(io::Error::new(
+                error_kind(&name),
+                format!("xenstored answered {name}"),
+            ));
+        }
+        let p = r.payload.strip_suffix(&[0]).unwrap_or(&r.payload);
+        Ok(Some(p.to_vec()))
+    }
+}
