@@ -293,13 +293,21 @@ pub fn gather(d: DevNum, probe: Probe, sources: &Sources) -> Facts {
     let mut partitions = Vec::new();
     let mut layers = Vec::new();
     layers_in(&base, None, &mut layers);
-    if let Ok(rd) = fs::read_dir(&base) {
+    // A partition is a subdirectory named after the disk (sdb1, loop0p1,
+    // nvme0n1p2) with a `partition` file: only those names are looked at.
+    let disk = fs::read_link(&base)
+        .ok()
+        .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if let (Some(disk), Ok(rd)) = (disk, fs::read_dir(&base)) {
         for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == disk || !name.starts_with(&disk) {
+                continue;
+            }
             let p = e.path();
             if !p.join("partition").exists() {
                 continue;
             }
-            let name = e.file_name().to_string_lossy().into_owned();
             if let Some(n) = sys_read(&p.join("dev")).and_then(|s| {
                 let (a, b) = s.split_once(':')?;
                 Some(DevNum {
