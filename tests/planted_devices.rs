@@ -86,5 +86,11 @@ fn a_writable_device_node_on_a_nodev_mount_is_refused() {
         let b = bed.backend(domid, 51712, ty, node.to_str().unwrap(), "w");
         let r = bed.run("add", &b);
         assert_refused(&bed, &b, &r, "error", &[node.to_str().unwrap(), "nodev"]);
+        // diagnose says the same.
+        let out = bed.diagnose(&["--json", &b]).stdout;
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let v = &j["devices"][0]["verdict"];
+        assert_eq!(v["problem"], "params", "{j}");
+        assert!(v["sentence"].as_str().unwrap().contains("nodev"), "{j}");
     }
 }

@@ -458,14 +458,19 @@ fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug, raw: &[u8]) -> (Checks, V
                 device: None,
             }
         }
-        Ok(Target::Phy { path, stat, .. }) => {
+        Ok(Target::Phy { path, stat, fd }) => {
             let d = DevNum::from_rdev(stat.st_rdev);
             phy_dev = Some(d);
+            // The add refuses this for a writable disk (classified read-only here).
+            let nodev = mode.writable() && kind::on_nodev(&fd);
             ParamsCheck {
-                ok: true,
+                ok: !nodev,
                 kind: "phy",
                 path: Some(path.display().to_string()),
-                problem: None,
+                problem: nodev.then(|| {
+                    "is a device node on a filesystem mounted nodev, so it is not attached read-write"
+                        .to_string()
+                }),
                 device: Some(d.to_node()),
             }
         }

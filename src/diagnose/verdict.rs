@@ -82,6 +82,7 @@ fn params_problem(d: &Device) -> Option<(String, String)> {
             "make the image writable (chmod u+w) or give the disk mode r in the domain's config"
                 .into(),
         ),
+        "phy" => (format!("{} {problem}", what(d)), FIX_CONFIG.into()),
         "helper" => (
             format!(
                 "disk type {:?} {problem} ({})",

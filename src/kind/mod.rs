@@ -147,7 +147,7 @@ fn has_control(params: &[u8]) -> bool {
 }
 
 /// Whether the filesystem `fd` lives on is mounted `nodev`.
-fn on_nodev(fd: &OwnedFd) -> bool {
+pub fn on_nodev(fd: &OwnedFd) -> bool {
     use nix::sys::statvfs::{fstatvfs, FsFlags};
     fstatvfs(fd).is_ok_and(|s| s.flags().contains(FsFlags::ST_NODEV))
 }
