@@ -3,16 +3,18 @@
 //! with nobody, except the same VM (the same `vm` path, or one domain is the
 //! other's `target`, as a stub domain is); `w!` skips every check. A `vm`
 //! or `target` node counts only when dom0 owns it: under xend a guest owns
-//! its home and could write them to pass as another VM. Users are
-//! dom0 mounts (/proc/self/mountinfo, which names devices by number: no stat
-//! per mount) and the other backends' `physical-device` nodes, compared as
-//! device numbers, never as text.
+//! its home and could write them to pass as another VM. Users are dom0's
+//! own (mounts, swap, dm/md layers: see `holders`, which probes with O_EXCL
+//! and names them) and the other backends' `physical-device` nodes, compared
+//! as device numbers, never as text.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use crate::devnum::DevNum;
+use crate::holders::{self, Holder};
 use crate::invocation::Invocation;
 use crate::mode::Mode;
 use crate::store::{wire, Reply, Request, Store};
@@ -20,11 +22,19 @@ use crate::store::{wire, Reply, Request, Store};
 /// Someone already using a device the request would use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum User {
-    /// Mounted in dom0.
+    /// Mounted in dom0 (itself, or `partition` of it).
     Mount {
         device: DevNum,
         point: String,
         writable: bool,
+        partition: Option<String>,
+    },
+    /// Held by dom0 otherwise: swap, a dm/md layer, or an exclusive holder
+    /// that cannot be seen (itself, or through `partition`).
+    Holder {
+        device: DevNum,
+        holder: Holder,
+        partition: Option<String>,
     },
     /// Another backend, of frontend domain `domid`.
     Guest {
@@ -61,7 +71,9 @@ impl User {
 
     pub fn device(&self) -> DevNum {
         match self {
-            User::Mount { device, .. } | User::Guest { device, .. } => *device,
+            User::Mount { device, .. }
+            | User::Holder { device, .. }
+            | User::Guest { device, .. } => *device,
         }
     }
 
@@ -70,11 +82,21 @@ impl User {
         let rw = |w: bool| if w { "read-write" } else { "read-only" };
         match self {
             User::Mount {
-                point, writable, ..
+                point,
+                writable,
+                partition,
+                ..
             } => format!(
-                "mounted {} on {point} in the privileged domain",
-                rw(*writable)
+                "mounted {} on {point}{} in the privileged domain",
+                rw(*writable),
+                partition
+                    .as_deref()
+                    .map(|p| format!(" through its partition {p}"))
+                    .unwrap_or_default()
             ),
+            User::Holder {
+                holder, partition, ..
+            } => holder.describe(partition.as_deref()),
             User::Guest {
                 domid,
                 backend,
@@ -126,7 +148,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
         .collect()
 }
 
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -436,28 +458,24 @@ pub fn users_under(
 }
 
 /// The first user that forbids using `devices` in `mode` from frontend
-/// domain `frontend`; None when the request may go ahead.
+/// domain `frontend`; None when the request may go ahead. Each device comes
+/// with a node to probe it through (see `holders`).
 pub fn conflict(
     store: &Store,
     inv: &Invocation,
     frontend: u32,
     mode: Mode,
-    devices: &[DevNum],
+    devices: &[(DevNum, PathBuf)],
 ) -> Result<Option<User>> {
     if mode == Mode::Unchecked || devices.is_empty() {
         return Ok(None);
     }
     let want_write = mode.writable();
-    for m in mounts()? {
-        if devices.contains(&m.device) && (want_write || m.writable) {
-            return Ok(Some(User::Mount {
-                device: m.device,
-                point: m.point,
-                writable: m.writable,
-            }));
-        }
+    if let Some(u) = holders::dom0_user(devices, want_write)? {
+        return Ok(Some(u));
     }
-    let users: Vec<User> = guest_users(store, inv, devices)?
+    let numbers: Vec<DevNum> = devices.iter().map(|(d, _)| *d).collect();
+    let users: Vec<User> = guest_users(store, inv, &numbers)?
         .into_iter()
         .filter(|u| want_write || matches!(u, User::Guest { writable: true, .. }))
         .collect();
@@ -468,7 +486,7 @@ pub fn conflict(
         .iter()
         .filter_map(|u| match u {
             User::Guest { domid, .. } => Some(*domid),
-            User::Mount { .. } => None,
+            _ => None,
         })
         .collect();
     doms.push(frontend);
@@ -481,12 +499,12 @@ pub fn conflict(
         .into_iter()
         .find(|u| match u {
             User::Guest { domid, .. } => !same_vm(&me, vms.get(domid).unwrap_or(&none)),
-            User::Mount { .. } => true,
+            _ => true,
         })
         .map(|u| {
             let note = match &u {
                 User::Guest { domid, .. } => untrusted_note(&me, vms.get(domid).unwrap_or(&none)),
-                User::Mount { .. } => None,
+                _ => None,
             };
             u.noted(note)
         }))

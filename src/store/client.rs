@@ -162,6 +162,8 @@ pub struct Store {
 /// A request to send in a pipelined batch.
 pub enum Request<'a> {
     Read(&'a str),
+    /// READ, the value kept as the bytes stored (`Reply::Raw`).
+    ReadRaw(&'a str),
     Directory(&'a str),
     /// GET_PERMS: the node's permission list (`Reply::List`), the owner's
     /// entry first (`wire::perms_owner`).
@@ -175,6 +177,7 @@ pub enum Request<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Value(String),
+    Raw(Vec<u8>),
     List(Vec<String>),
     Done,
     Missing,
@@ -347,10 +350,16 @@ impl Store {
         let mut out = Vec::new();
         let mut ends = Vec::with_capacity(reqs.len());
         let mut ops = Vec::with_capacity(reqs.len());
+        let raw: Vec<bool> = reqs
+            .iter()
+            .map(|r| matches!(r, Request::ReadRaw(_)))
+            .collect();
         for (i, r) in reqs.iter().enumerate() {
             let id = first.wrapping_add(i as u32);
             let m = match r {
-                Request::Read(p) => Message::strings(Op::Read, id, 0, &[p.as_bytes()]),
+                Request::Read(p) | Request::ReadRaw(p) => {
+                    Message::strings(Op::Read, id, 0, &[p.as_bytes()])
+                }
                 Request::Directory(p) => Message::strings(Op::Directory, id, 0, &[p.as_bytes()]),
                 Request::GetPerms(p) => Message::strings(Op::GetPerms, id, 0, &[p.as_bytes()]),
                 Request::Rm(p) => Message::strings(Op::Rm, id, 0, &[p.as_bytes()]),
@@ -404,6 +413,9 @@ impl Store {
                 ));
             } else {
                 match Op::from_u32(*ty) {
+                    Some(Op::Read) if raw.get(i) == Some(&true) => {
+                        Reply::Raw(m.payload.strip_suffix(&[0]).unwrap_or(&m.payload).to_vec())
+                    }
                     Some(Op::Read) => Reply::Value(m.payload_str()),
                     Some(Op::Directory | Op::GetPerms) => Reply::List(m.payload_list()),
                     _ => Reply::Done,
@@ -432,6 +444,16 @@ impl Store {
     pub fn read_many<S: AsRef<str>>(&self, paths: &[S]) -> io::Result<Vec<Option<String>>> {
         let reqs: Vec<Request<'_>> = paths.iter().map(|p| Request::Read(p.as_ref())).collect();
         Ok(self.batch(&reqs)?.into_iter().map(Reply::value).collect())
+    }
+
+    /// READ, the value as the bytes stored: a path (`params`) need not be
+    /// UTF-8, and the lossy String of `read` would name another file. None
+    /// when the node does not exist.
+    pub fn read_raw(&self, path: &str) -> io::Result<Option<Vec<u8>>> {
+        Ok(match self.one(Request::ReadRaw(path))? {
+            Reply::Raw(v) => Some(v),
+            _ => None,
+        })
     }
 
     /// DIRECTORY; empty when the node does not exist.
