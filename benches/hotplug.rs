@@ -2,7 +2,7 @@
 //! simulated xenstore with real loop devices, under the real hotplug lock
 //! (`/var/run/xen-hotplug/block`, the stock script's fixed path).
 //!
-//!     tests/prepare.sh && cargo bench --bench hotplug [-- --smoke]
+//!     tests/prepare.sh && cargo bench --bench hotplug [-- --smoke] [--iters N] [--xl-only]
 //!
 //! Scenarios (each run interleaves the two peers, alternating who goes first):
 //! - cycle: one file add, then its remove;
@@ -10,6 +10,13 @@
 //! - phy400: one phy add with 400 other vbd backends holding a physical-device;
 //! - shared50: a read-only file add of an image already attached read-only
 //!   for 50 other domains.
+//!
+//! - xl: real `xl block-attach` + `block-detach` through libxl on Debian's
+//!   real xenstored (tests/common/xl.rs), with ours, the stock script and
+//!   /bin/true as /etc/xen/scripts/block: /bin/true is the toolstack's own
+//!   floor (xl, libxl, the private mount namespace, blkback's player), so
+//!   what a script adds is its figure minus the floor. Skipped, loudly,
+//!   when tests/prepare.sh has not provided xl.
 //!
 //! For ours alone: xenstore requests per add and remove (counted by the
 //! simulator), round trips and time holding the lock (from the binary's -v
@@ -26,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::xl::XlBed;
 use common::{Bed, BIN};
 use nix::libc;
 use xen_block_hotplug::loopdev;
@@ -505,6 +513,84 @@ fn print_rows(rows: &[Row]) {
     }
 }
 
+/// `xl block-attach` and `block-detach` wall times, one series per script,
+/// the three interleaved (each iteration rotates who goes first).
+fn xl_row(ours: &Path, iters: usize) {
+    if !common::xenstored::available("benchmark xl row") {
+        return;
+    }
+    let bed = XlBed::new("bench-xl", &[7]).expect("starting the xl bed");
+    let img = bed.image("xl.img", 8);
+    let scripts: [(&str, &Path); 3] = [
+        ("ours", ours),
+        ("stock", Path::new(STOCK)),
+        ("/bin/true", Path::new("/bin/true")),
+    ];
+    let spec = format!("format=raw,vdev=xvdb,access=rw,target={}", img.display());
+    // A run's wall time, or None when the stock script failed: it finds a
+    // free loop device and then binds it, and another process on the
+    // machine may take the device in between ("losetup /dev/loopN ...
+    // failed"). Such samples are dropped and counted, as in the rows above.
+    let mut stock_failures = 0;
+    let mut timed = |name: &str, script: &Path, args: &[&str]| {
+        let t = Instant::now();
+        let o = bed.xl_command(script, args).output().expect("running xl");
+        let e = t.elapsed();
+        if o.status.success() {
+            return Some(e);
+        }
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            name == "stock" && err.contains("losetup"),
+            "xl {args:?} with {}: {err}",
+            script.display(),
+        );
+        stock_failures += 1;
+        None
+    };
+    let mut attach: [Vec<Duration>; 3] = Default::default();
+    let mut detach: [Vec<Duration>; 3] = Default::default();
+    let mut total: [Vec<Duration>; 3] = Default::default();
+    // One untimed round first: page in xl, libxl and each script.
+    for i in 0..=iters {
+        for k in 0..3 {
+            let j = (i + k) % 3;
+            let (name, script) = scripts[j];
+            let a = timed(name, script, &["block-attach", "7", &spec]);
+            // Detached even after a failed attach: libxl leaves the backend.
+            let d = timed(name, script, &["block-detach", "7", "xvdb"]);
+            assert_eq!(bed.loops(), Vec::new(), "{name} left a loop device");
+            if let (true, Some(a), Some(d)) = (i > 0, a, d) {
+                attach[j].push(a);
+                detach[j].push(d);
+                total[j].push(a + d);
+            }
+        }
+    }
+    let fmt = |v: &[Duration]| {
+        fmt_series(&Series {
+            times: v.to_vec(),
+            ..Series::default()
+        })
+    };
+    println!(
+        "\nxl through libxl, real xenstored, {iters} runs each (wall time of xl; median (min..max))\n{:<10} {:>30} {:>30} {:>30}",
+        "script", "block-attach", "block-detach", "attach+detach"
+    );
+    for (j, (name, _)) in scripts.iter().enumerate() {
+        println!(
+            "{:<10} {:>30} {:>30} {:>30}",
+            name,
+            fmt(&attach[j]),
+            fmt(&detach[j]),
+            fmt(&total[j])
+        );
+    }
+    if stock_failures > 0 {
+        println!("stock script failures in xl runs (samples dropped): {stock_failures}");
+    }
+}
+
 fn describe_self(name: &str, s: &Series) {
     let held: Vec<u64> = s.reports.iter().filter_map(|r| r.lock_held_us).collect();
     let rts: Vec<u64> = s.reports.iter().filter_map(|r| r.round_trips).collect();
@@ -521,18 +607,22 @@ fn describe_self(name: &str, s: &Series) {
 
 struct Opts {
     smoke: bool,
+    /// Only the xl row (`--xl-only`).
+    xl_only: bool,
     iters: Option<usize>,
 }
 
 fn opts() -> Opts {
     let mut o = Opts {
         smoke: false,
+        xl_only: false,
         iters: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--smoke" => o.smoke = true,
+            "--xl-only" => o.xl_only = true,
             "--iters" => o.iters = args.next().and_then(|n| n.parse().ok()),
             // cargo bench passes --bench; filters and the like do not apply.
             _ => {}
@@ -559,6 +649,10 @@ fn main() {
         stock_failures: 0,
         ours: std::env::var_os("XBH_BIN").map_or_else(|| PathBuf::from(BIN), PathBuf::from),
     };
+    if o.xl_only {
+        xl_row(&b.ours, base);
+        return;
+    }
     let img = b.bed.image("cycle.img", 8);
     let imgs: Vec<PathBuf> = (0..STORM)
         .map(|i| b.bed.image(&format!("storm{i}.img"), 8))
@@ -580,6 +674,7 @@ fn main() {
     let s = shared50(&mut b, base, &shared);
     let rows = [c, st, st_rm, p, s];
     print_rows(&rows);
+    xl_row(&b.ours, base);
 
     // Ours alone, with -v: what each run says about its lock and round trips.
     b.verbose = true;

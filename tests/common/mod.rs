@@ -4,6 +4,9 @@
 //! loop device a test makes is detached by a guard, even when it fails.
 #![allow(dead_code)]
 
+pub mod xenstored;
+pub mod xl;
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
