@@ -53,6 +53,13 @@ for b in "$work/deb/usr/sbin/xen-block-hotplug" "$work/rpm/usr/sbin/xen-block-ho
 done
 cmp -s "$work/deb/usr/sbin/xen-block-hotplug" "$work/rpm/usr/sbin/xen-block-hotplug" ||
     fail "the .deb and the .rpm carry different binaries"
+# --version names the build (build.rs): this checkout's commit, the target,
+# and static linking.
+v=$("$work/deb/usr/sbin/xen-block-hotplug" --version)
+if head=$(git rev-parse --short HEAD 2>/dev/null); then
+    grep -Eq "^xen-block-hotplug [^ ]+ \(commit $head(-dirty)?, x86_64-unknown-linux-(musl|gnu), static\)\$" <<<"$v" ||
+        fail "--version says '$v', not commit $head, x86_64 static"
+fi
 
 # .deb: the link, and the diversion in and out.
 [ "$(readlink "$work/deb/etc/xen/scripts/block")" = /usr/sbin/xen-block-hotplug ] ||
