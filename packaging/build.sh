@@ -46,11 +46,13 @@ if ! file -L "$bin" | grep -Eq 'statically linked|static-pie linked'; then
     exit 1
 fi
 
-# 2. The man page, from an example so clap_mangen stays out of the binary.
+# 2. The man page and the bash, zsh and fish completions, from examples so
+#    clap_mangen and clap_complete stay out of the binary.
 rm -rf "$work"
-mkdir -p "$work/man"
+mkdir -p "$work/man" "$work/completions"
 cargo run --quiet --locked --example manpage -- "$work/man" >/dev/null
 gzip -9n <"$work/man/xen-block-hotplug.8" >"$work/man/xen-block-hotplug.8.gz"
+cargo run --quiet --locked --example completions -- "$work/completions" >/dev/null
 
 # 3. The .deb, with dpkg-deb over a staged tree.
 deb="$work/deb"
@@ -59,6 +61,13 @@ install -D -m 0755 "$bin" "$deb/usr/sbin/xen-block-hotplug"
 mkdir -p "$deb/etc/xen/scripts"
 ln -s /usr/sbin/xen-block-hotplug "$deb/etc/xen/scripts/block"
 install -D -m 0644 "$work/man/xen-block-hotplug.8.gz" "$deb/usr/share/man/man8/xen-block-hotplug.8.gz"
+# Where each shell's loader looks on Debian (zsh: vendor-completions).
+install -D -m 0644 "$work/completions/xen-block-hotplug.bash" \
+    "$deb/usr/share/bash-completion/completions/xen-block-hotplug"
+install -D -m 0644 "$work/completions/_xen-block-hotplug" \
+    "$deb/usr/share/zsh/vendor-completions/_xen-block-hotplug"
+install -D -m 0644 "$work/completions/xen-block-hotplug.fish" \
+    "$deb/usr/share/fish/vendor_completions.d/xen-block-hotplug.fish"
 # Not under a rules.d: see the rule file's header.
 install -D -m 0644 udev-rules/65-xen-block-hotplug.rules \
     "$deb/usr/share/xen-block-hotplug/udev/65-xen-block-hotplug.rules"
@@ -81,12 +90,15 @@ rpm_top="$work/rpmbuild"
 mkdir -p "$rpm_top/SOURCES"
 cp "$bin" "$rpm_top/SOURCES/xen-block-hotplug"
 cp "$work/man/xen-block-hotplug.8.gz" README.md udev-rules/65-xen-block-hotplug.rules \
-    "$rpm_top/SOURCES/"
+    "$work/completions/"* "$rpm_top/SOURCES/"
+# The spec as rpmbuild reads it (tests/packaging/rpm-cycle.sh rebuilds
+# from it and SOURCES).
+cp packaging/rpm/xen-block-hotplug.spec "$work/xen-block-hotplug.spec"
 rpmbuild --quiet -bb --target x86_64 \
     --define "_topdir $rpm_top" \
     --define "pkg_version $version" \
     --define "pkg_release $release" \
-    packaging/rpm/xen-block-hotplug.spec >/dev/null
+    "$work/xen-block-hotplug.spec" >/dev/null
 rpm_file="$out/xen-block-hotplug-${version}-${release}.x86_64.rpm"
 cp "$rpm_top/RPMS/x86_64/xen-block-hotplug-${version}-${release}.x86_64.rpm" "$rpm_file"
 

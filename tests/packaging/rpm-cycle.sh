@@ -81,19 +81,20 @@ EOF
     build_rpm "$name" "$version" 1 "$work/standin-src-$name-$version"
 }
 
-# Ours again with release 99: the same files, a genuine upgrade.
+# Ours again with release 99: the same files, a genuine upgrade, from the
+# sources build.sh gave rpmbuild (checked to be the ones in OUR.rpm).
+sources="$root/target/packages/work/rpmbuild/SOURCES"
+[ -f "$sources/xen-block-hotplug" ] || fail "$sources missing: run packaging/build.sh"
 mkdir -p "$work/ours-files"
 (cd "$work/ours-files" && rpm2cpio "$ours" | cpio -idm --quiet)
+cmp -s "$sources/xen-block-hotplug" "$work/ours-files/usr/sbin/xen-block-hotplug" ||
+    fail "$sources is not what $ours was built from: run packaging/build.sh"
 ours_version=$(rpm -qp --qf '%{VERSION}' "$ours")
-sed -e "s|^Source[0-9]*:.*||" \
-    -e "s|%{SOURCE0}|$work/ours-files/usr/sbin/xen-block-hotplug|" \
-    -e "s|%{SOURCE1}|$work/ours-files/usr/share/man/man8/xen-block-hotplug.8.gz|" \
-    -e "s|%{SOURCE2}|$work/ours-files/usr/share/doc/xen-block-hotplug/README.md|" \
-    -e "s|%{SOURCE3}|$work/ours-files/usr/share/xen-block-hotplug/udev/65-xen-block-hotplug.rules|" \
-    packaging/rpm/xen-block-hotplug.spec >"$work/xen-block-hotplug.spec"
 ours_99=$(rpmbuild --quiet -bb --target x86_64 --define "_topdir $work/build-ours-99" \
+    --define "_sourcedir $sources" \
     --define "pkg_version $ours_version" --define "pkg_release 99" \
-    "$work/xen-block-hotplug.spec" >/dev/null && ls "$work"/build-ours-99/RPMS/x86_64/*.rpm)
+    "$root/target/packages/work/xen-block-hotplug.spec" >/dev/null &&
+    ls "$work"/build-ours-99/RPMS/x86_64/*.rpm)
 
 # A fresh tree with what the scriptlets run.
 new_root() {
