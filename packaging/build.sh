@@ -71,11 +71,19 @@ install -D -m 0644 "$work/completions/xen-block-hotplug.fish" \
 # Not under a rules.d: see the rule file's header.
 install -D -m 0644 udev-rules/65-xen-block-hotplug.rules \
     "$deb/usr/share/xen-block-hotplug/udev/65-xen-block-hotplug.rules"
+# The cleanup timer (enabled by the postinst, as Debian does) and the cron
+# fallback for hosts without systemd.
+for u in xen-block-hotplug-cleanup.service xen-block-hotplug-cleanup.timer; do
+    install -D -m 0644 "packaging/systemd/$u" "$deb/usr/lib/systemd/system/$u"
+done
+install -D -m 0644 packaging/cron/xen-block-hotplug "$deb/etc/cron.d/xen-block-hotplug"
 mkdir -p "$deb/usr/share/doc/xen-block-hotplug"
 gzip -9n <README.md >"$deb/usr/share/doc/xen-block-hotplug/README.md.gz"
 install -m 0644 packaging/deb/copyright "$deb/usr/share/doc/xen-block-hotplug/copyright"
 mkdir -p "$deb/DEBIAN"
-install -m 0755 packaging/deb/preinst packaging/deb/postrm "$deb/DEBIAN/"
+install -m 0755 packaging/deb/preinst packaging/deb/postinst packaging/deb/prerm \
+    packaging/deb/postrm "$deb/DEBIAN/"
+echo /etc/cron.d/xen-block-hotplug >"$deb/DEBIAN/conffiles"
 size_kb=$(du -sk --exclude=DEBIAN "$deb" | cut -f1)
 sed -e "s/@VERSION@/$version-$release/" -e "s/@SIZE@/$size_kb/" \
     packaging/deb/control >"$deb/DEBIAN/control"
@@ -90,7 +98,8 @@ rpm_top="$work/rpmbuild"
 mkdir -p "$rpm_top/SOURCES"
 cp "$bin" "$rpm_top/SOURCES/xen-block-hotplug"
 cp "$work/man/xen-block-hotplug.8.gz" README.md udev-rules/65-xen-block-hotplug.rules \
-    "$work/completions/"* "$rpm_top/SOURCES/"
+    "$work/completions/"* packaging/systemd/* "$rpm_top/SOURCES/"
+cp packaging/cron/xen-block-hotplug "$rpm_top/SOURCES/xen-block-hotplug.cron"
 # The spec as rpmbuild reads it (tests/packaging/rpm-cycle.sh rebuilds
 # from it and SOURCES).
 cp packaging/rpm/xen-block-hotplug.spec "$work/xen-block-hotplug.spec"

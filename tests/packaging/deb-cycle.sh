@@ -11,6 +11,9 @@
 #      lands at block.xen-stock, ours stays;
 #   5. remove ours: the stock script is back at block byte for byte, no
 #      diversion; purge the stand-in.
+# Throughout, the cleanup timer: enabled (its timers.target.wants link, made
+# by deb-systemd-helper whether or not systemd runs) after each install and
+# upgrade, gone after the remove.
 # Skips a host that has anything at /etc/xen/scripts/block (a real dom0 is
 # not a test bed), fails on one where either package is known to dpkg (a
 # leftover), and leaves no package, no diversion and no file behind, even
@@ -57,6 +60,8 @@ done
 if [ -e "$script" ] || [ -L "$script" ] || [ -e "$stock_copy" ]; then
     skip "$script or $stock_copy exists on this host (a Xen install?); not touching it"
 fi
+timer_link=/etc/systemd/system/timers.target.wants/xen-block-hotplug-cleanup.timer
+[ -e "$timer_link" ] || [ -L "$timer_link" ] && fail "$timer_link exists on this host (a leftover?)"
 [ -n "$(dpkg-divert --list "$script")" ] && fail "$script is diverted on this host: $(dpkg-divert --list "$script")"
 
 # Directories this test may create, so cleanup removes only those.
@@ -89,6 +94,9 @@ cleanup() {
         dpkg-divert --package "$ours_pkg" --rename --divert "$stock_copy" --remove "$script" >/dev/null
     fi
     rm -f "$stock_copy" "$script" "$script.dpkg-new" "$script.dpkg-old" "$script.dpkg-dist"
+    case $(readlink "$timer_link") in
+    */lib/systemd/system/xen-block-hotplug-cleanup.timer) rm -f "$timer_link" ;;
+    esac
     for d in "${new_dirs[@]}"; do
         rmdir "$d" 2>/dev/null
     done
@@ -147,8 +155,18 @@ check_ours_in_place() {
     [ "$(diversions)" = 1 ] || fail "$what: $(diversions) diversions: $(dpkg-divert --list "$script")"
     dpkg-divert --list "$script" | grep -q "to $stock_copy by $ours_pkg" ||
         fail "$what: unexpected diversion: $(dpkg-divert --list "$script")"
-    echo "deb-cycle: $what: ok ($v; stock at $stock_copy; one diversion)"
+    # deb-systemd-helper links to /lib/... or /usr/lib/... (merged /usr).
+    [ "$(readlink -f "$timer_link")" = "$(readlink -f /usr/lib/systemd/system/xen-block-hotplug-cleanup.timer)" ] ||
+        fail "$what: the cleanup timer is not enabled ($timer_link: $(ls -l "$timer_link" 2>&1))"
+    echo "deb-cycle: $what: ok ($v; stock at $stock_copy; one diversion; timer enabled$timer_note)"
 }
+# This host's PID 1 is not systemd: the postinst enables the timer (the
+# link) but cannot start it; on a systemd host it also starts it.
+if [ -d /run/systemd/system ]; then
+    timer_note=", systemd running"
+else
+    timer_note=", not started: PID 1 is $(ps -o comm= -p 1 2>/dev/null || echo unknown)"
+fi
 
 # 1.
 dpkg_retry -i "$standin_1"
@@ -175,6 +193,8 @@ cmp -s "$script" "$stock" || fail "remove: $script is not the stock script byte 
 [ -x "$script" ] || fail "remove: $script lost its execute bit"
 [ ! -e "$stock_copy" ] || fail "remove: $stock_copy left behind"
 [ "$(diversions)" = 0 ] || fail "remove: diversion left: $(dpkg-divert --list "$script")"
-echo "deb-cycle: remove: ok (stock script back byte for byte, no diversion)"
+[ ! -e "$timer_link" ] && [ ! -L "$timer_link" ] || fail "remove: the cleanup timer is still enabled: $(ls -l "$timer_link")"
+[ ! -e /usr/lib/systemd/system/xen-block-hotplug-cleanup.timer ] || fail "remove: the timer unit is left"
+echo "deb-cycle: remove: ok (stock script back byte for byte, no diversion, timer disabled and gone)"
 dpkg_retry --purge "$ours_pkg" "$standin_pkg"
 [ ! -e "$script" ] || fail "purge of the stand-in left $script"

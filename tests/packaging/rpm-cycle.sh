@@ -108,8 +108,16 @@ new_root() {
             cp -L "$lib" "$r$lib"
         done
     done
+    # Scriptlets send systemctl's chatter to /dev/null, as on any host.
+    mkdir -p "$r/dev"
+    mknod -m 0666 "$r/dev/null" c 1 3
+    # systemctl as the scriptlets find it on a systemd host, minus systemd:
+    # it notes what it was asked.
+    printf '#!/bin/sh\necho "$*" >>/systemctl.log\n' >"$r/usr/bin/systemctl"
+    chmod +x "$r/usr/bin/systemctl"
     rpm --root "$r" --initdb
 }
+systemctl_log() { cat "$R/systemctl.log" 2>/dev/null || true; }
 r_rpm() {
     rpm --root "$R" --nodeps "$@" 2>"$work/rpm.err" || { cat "$work/rpm.err" >&2; return 1; }
     # rpm reports a failed scriptlet on stderr without failing the
@@ -155,8 +163,16 @@ for flavour in "xen-runtime:%config(noreplace)" "xen:%config" "xen-tools:"; do
     cmp -s "$(s block)" "$work/stock-1" || fail "the stand-in did not install the stock script"
     r_rpm -i "$ours"
     check_ours_in_place "install" "$work/stock-1"
+    # The timer: installed, enabled only as a preset says (%%systemd_post).
+    for f in usr/lib/systemd/system/xen-block-hotplug-cleanup.service \
+        usr/lib/systemd/system/xen-block-hotplug-cleanup.timer etc/cron.d/xen-block-hotplug; do
+        [ -f "$R/$f" ] || fail "install: /$f missing"
+    done
+    [ "$(systemctl_log)" = "--no-reload preset xen-block-hotplug-cleanup.timer" ] ||
+        fail "install: systemctl was asked '$(systemctl_log)', not to preset the timer"
     r_rpm -U "$ours_99"
     check_ours_in_place "upgrade to release 99" "$work/stock-1"
+    [ "$(systemctl_log | grep -c .)" = 1 ] || fail "upgrade: systemctl was asked again: $(systemctl_log)"
     r_rpm -U "$s2"
     check_ours_in_place "update of $name" "$stock"
     r_rpm -e xen-block-hotplug
@@ -165,7 +181,12 @@ for flavour in "xen-runtime:%config(noreplace)" "xen:%config" "xen-tools:"; do
     [ -x "$(s block)" ] || fail "erase: block lost its execute bit"
     [ ! -e "$(s block.xen-stock)" ] || fail "erase: block.xen-stock left over"
     check_no_leftovers "erase"
-    echo "rpm-cycle: $flavour: erase: ok (stock script back byte for byte)"
+    systemctl_log | grep -qx -- "--no-reload disable --now xen-block-hotplug-cleanup.timer" ||
+        fail "erase: the timer was not disabled: $(systemctl_log)"
+    for f in usr/lib/systemd/system/xen-block-hotplug-cleanup.timer etc/cron.d/xen-block-hotplug; do
+        [ ! -e "$R/$f" ] || fail "erase: /$f left"
+    done
+    echo "rpm-cycle: $flavour: erase: ok (stock script back byte for byte; timer disabled, units and cron gone)"
 
     # B. Ours first.
     R="$work/root-$name-b"
