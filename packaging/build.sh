@@ -57,9 +57,8 @@ cargo run --quiet --locked --example completions -- "$work/completions" >/dev/nu
 # 3. The .deb, with dpkg-deb over a staged tree.
 deb="$work/deb"
 install -D -m 0755 "$bin" "$deb/usr/sbin/xen-block-hotplug"
-# Our /etc/xen/scripts/block: the preinst diverts the stock one first.
-mkdir -p "$deb/etc/xen/scripts"
-ln -s /usr/sbin/xen-block-hotplug "$deb/etc/xen/scripts/block"
+# No /etc/xen/scripts/block in the package: the postinst links it where the
+# preinst diverted Xen's stock script, and only there.
 install -D -m 0644 "$work/man/xen-block-hotplug.8.gz" "$deb/usr/share/man/man8/xen-block-hotplug.8.gz"
 # Where each shell's loader looks on Debian (zsh: vendor-completions).
 install -D -m 0644 "$work/completions/xen-block-hotplug.bash" \
@@ -81,8 +80,15 @@ mkdir -p "$deb/usr/share/doc/xen-block-hotplug"
 gzip -9n <README.md >"$deb/usr/share/doc/xen-block-hotplug/README.md.gz"
 install -m 0644 packaging/deb/copyright "$deb/usr/share/doc/xen-block-hotplug/copyright"
 mkdir -p "$deb/DEBIAN"
-install -m 0755 packaging/deb/preinst packaging/deb/postinst packaging/deb/prerm \
-    packaging/deb/postrm "$deb/DEBIAN/"
+# The maintainer scripts, with the stock-script recogniser shared with the
+# .rpm pasted in (the preinst runs before any file of ours is unpacked).
+with_functions() { # SCRIPT OUT: SCRIPT with packaging/stock-block.sh pasted in
+    sed -e '/^#@STOCK_BLOCK_FUNCTIONS@$/{r packaging/stock-block.sh' -e 'd}' "$1" >"$2"
+}
+for f in preinst postinst prerm postrm; do
+    with_functions "packaging/deb/$f" "$deb/DEBIAN/$f"
+    chmod 0755 "$deb/DEBIAN/$f"
+done
 echo /etc/cron.d/xen-block-hotplug >"$deb/DEBIAN/conffiles"
 size_kb=$(du -sk --exclude=DEBIAN "$deb" | cut -f1)
 sed -e "s/@VERSION@/$version-$release/" -e "s/@SIZE@/$size_kb/" \
@@ -102,7 +108,7 @@ cp "$work/man/xen-block-hotplug.8.gz" README.md udev-rules/65-xen-block-hotplug.
 cp packaging/cron/xen-block-hotplug "$rpm_top/SOURCES/xen-block-hotplug.cron"
 # The spec as rpmbuild reads it (tests/packaging/rpm-cycle.sh rebuilds
 # from it and SOURCES).
-cp packaging/rpm/xen-block-hotplug.spec "$work/xen-block-hotplug.spec"
+with_functions packaging/rpm/xen-block-hotplug.spec "$work/xen-block-hotplug.spec"
 rpmbuild --quiet -bb --target x86_64 \
     --define "_topdir $rpm_top" \
     --define "pkg_version $version" \

@@ -64,12 +64,18 @@ if head=$(git rev-parse --short HEAD 2>/dev/null); then
         fail "--version says '$v', not commit $head, x86_64 static"
 fi
 
-# .deb: the link, and the diversion in and out.
-[ "$(readlink "$work/deb/etc/xen/scripts/block")" = /usr/sbin/xen-block-hotplug ] ||
-    fail "deb: /etc/xen/scripts/block is not a link to /usr/sbin/xen-block-hotplug"
+# .deb: the diversion in and out, and the link made by the postinst (not
+# shipped: dpkg would lay it over a foreign script); both formats' scripts
+# carry the recogniser.
+[ ! -e "$work/deb/etc/xen/scripts/block" ] && [ ! -L "$work/deb/etc/xen/scripts/block" ] ||
+    fail "deb: ships /etc/xen/scripts/block"
 dpkg-deb -e "$deb" "$work/deb-ctl"
-grep -q -- '--divert /etc/xen/scripts/block.xen-stock' "$work/deb-ctl/preinst" || fail "deb: preinst does not divert"
+grep -q -- '--divert "$stock" --add "$script"' "$work/deb-ctl/preinst" || fail "deb: preinst does not divert"
 grep -q -- '--remove /etc/xen/scripts/block' "$work/deb-ctl/postrm" || fail "deb: postrm does not give the script back"
+grep -q 'ln -s /usr/sbin/xen-block-hotplug "$script"' "$work/deb-ctl/postinst" || fail "deb: postinst does not link"
+grep -q '^xbh_block_kind()' "$work/deb-ctl/preinst" || fail "deb: preinst lacks the recogniser"
+[ "$(rpm -qp --scripts --triggers "$rpm_file" 2>/dev/null | grep -c '^xbh_block_kind()')" = 2 ] ||
+    fail "rpm: %post and %triggerin do not both carry the recogniser"
 
 # The cleanup timer: the units parse and load (systemd-analyze verify,
 # against this host's own units for the targets they name), and the

@@ -11,6 +11,10 @@
 #      lands at block.xen-stock, ours stays;
 #   5. remove ours: the stock script is back at block byte for byte, no
 #      diversion; purge the stand-in.
+#   6. a foreign block, a site's own script (no package's) and then a
+#      vendor's variant (the stand-in's): installing ours leaves it byte for
+#      byte and diverts nothing, says so on the terminal, installs the
+#      binary; removing ours leaves the script alone.
 # Throughout, the cleanup timer: enabled (its timers.target.wants link, made
 # by deb-systemd-helper whether or not systemd runs) after each install and
 # upgrade, gone after the remove.
@@ -198,3 +202,36 @@ cmp -s "$script" "$stock" || fail "remove: $script is not the stock script byte 
 echo "deb-cycle: remove: ok (stock script back byte for byte, no diversion, timer disabled and gone)"
 dpkg_retry --purge "$ours_pkg" "$standin_pkg"
 [ ! -e "$script" ] || fail "purge of the stand-in left $script"
+
+# 6.
+printf '#!/bin/sh\n# site SAN wrapper\nexec /usr/local/sbin/san-block "$@"\n' >"$work/site-block"
+sed 's/write_dev/vendor_write_node/g' "$stock" >"$work/vendor-block"
+standin_vendor=$(standin 3 "$work/vendor-block")
+for foreign in site vendor; do
+    if [ $foreign = site ]; then
+        mkdir -p /etc/xen/scripts
+        install -m 0755 "$work/site-block" "$script"
+    else
+        dpkg_retry -i "$standin_vendor"
+    fi
+    dpkg_retry -i "$deb"
+    cmp -s "$script" "$work/$foreign-block" || fail "$foreign: $script changed by the install"
+    [ ! -L "$script" ] || fail "$foreign: $script became a link"
+    [ "$(diversions)" = 0 ] || fail "$foreign: diverted: $(dpkg-divert --list "$script")"
+    [ ! -e "$stock_copy" ] || fail "$foreign: $stock_copy appeared"
+    /usr/sbin/xen-block-hotplug --version >/dev/null || fail "$foreign: the binary is not installed"
+    grep -qF "xen-block-hotplug: $script is a file that is not Xen's stock script" "$work/dpkg.log" ||
+        fail "$foreign: the install did not say what it found: $(cat "$work/dpkg.log")"
+    grep -qF "ln -s /usr/sbin/xen-block-hotplug $script" "$work/dpkg.log" ||
+        fail "$foreign: the install did not say how to switch"
+    dpkg_retry -r "$ours_pkg"
+    cmp -s "$script" "$work/$foreign-block" || fail "$foreign: $script changed by the remove"
+    [ "$(diversions)" = 0 ] || fail "$foreign: diversion after remove"
+    echo "deb-cycle: a $foreign's own block: left byte for byte by install and remove, binary installed, admin told"
+    dpkg_retry --purge "$ours_pkg"
+    if [ $foreign = site ]; then
+        rm -f "$script"
+    else
+        dpkg_retry --purge "$standin_pkg"
+    fi
+done

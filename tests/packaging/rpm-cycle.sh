@@ -10,6 +10,9 @@
 #      ours, update the stand-in (the trigger puts ours back and keeps the
 #      new stock script), erase ours (the stock script is back byte for
 #      byte, nothing left over).
+#   C. A foreign block, the Xen package's own variant or a site's own
+#      script: installing ours leaves it byte for byte, moves nothing,
+#      says so, installs the binary; erasing ours leaves it alone.
 #   B. Ours first: install ours on a host without Xen (nothing happens),
 #      install the stand-in (the trigger swaps ours in), erase the stand-in
 #      (nothing of it left), erase ours.
@@ -100,7 +103,7 @@ ours_99=$(rpmbuild --quiet -bb --target x86_64 --define "_topdir $work/build-our
 new_root() {
     local r=$1 tool lib
     mkdir -p "$r/bin" "$r/usr/bin" "$r/tmp"
-    for tool in sh dash mv ln rm readlink; do
+    for tool in sh dash mv ln rm readlink grep cat tr cut; do
         cp -L "$(command -v $tool)" "$r/bin/$tool"
         cp -L "$(command -v $tool)" "$r/usr/bin/$tool"
         for lib in $(ldd "$(command -v $tool)" | grep -o '/[^ ]*'); do
@@ -149,6 +152,8 @@ check_no_leftovers() {
 
 cp "$stock" "$work/stock-1"
 printf '# stand-in 1\n' >>"$work/stock-1"
+printf '#!/bin/sh\n# site SAN wrapper\nexec /usr/local/sbin/san-block "$@"\n' >"$work/site-block"
+sed 's/write_dev/vendor_write_node/g' "$stock" >"$work/vendor-block"
 
 for flavour in "xen-runtime:%config(noreplace)" "xen:%config" "xen-tools:"; do
     name=${flavour%%:*}
@@ -187,6 +192,32 @@ for flavour in "xen-runtime:%config(noreplace)" "xen:%config" "xen-tools:"; do
         [ ! -e "$R/$f" ] || fail "erase: /$f left"
     done
     echo "rpm-cycle: $flavour: erase: ok (stock script back byte for byte; timer disabled, units and cron gone)"
+
+    # C. A foreign block: the vendor's variant (the stand-in's), then a
+    # site's own script that no package owns.
+    for foreign in vendor site; do
+        R="$work/root-$name-c-$foreign"
+        new_root "$R"
+        if [ $foreign = vendor ]; then
+            r_rpm -i "$(standin "$name" 3 "$attr" "$work/vendor-block")"
+        else
+            mkdir -p "$R/etc/xen/scripts"
+            install -m 0755 "$work/site-block" "$(s block)"
+        fi
+        r_rpm -i "$ours"
+        cmp -s "$(s block)" "$work/$foreign-block" || fail "$foreign: block changed by the install"
+        [ ! -L "$(s block)" ] || fail "$foreign: block became a link"
+        [ ! -e "$(s block.xen-stock)" ] || fail "$foreign: block.xen-stock appeared"
+        chroot "$R" /usr/sbin/xen-block-hotplug --version >/dev/null || fail "$foreign: the binary is not installed"
+        grep -qF "xen-block-hotplug: /etc/xen/scripts/block is a file that is not Xen's stock script" "$work/rpm.err" ||
+            fail "$foreign: the install did not say what it found: $(cat "$work/rpm.err")"
+        grep -qF "ln -s /usr/sbin/xen-block-hotplug /etc/xen/scripts/block" "$work/rpm.err" ||
+            fail "$foreign: the install did not say how to switch"
+        r_rpm -e xen-block-hotplug
+        cmp -s "$(s block)" "$work/$foreign-block" || fail "$foreign: block changed by the erase"
+        check_no_leftovers "$foreign: erase"
+        echo "rpm-cycle: $flavour: a $foreign's own block: left byte for byte by install and erase, binary installed, admin told"
+    done
 
     # B. Ours first.
     R="$work/root-$name-b"

@@ -17,6 +17,7 @@ fi
 tests/prepare.sh >/dev/null
 packaging/build.sh
 tests/packaging/check-packages.sh
+tests/packaging/recognise.sh
 tests/packaging/completions.sh
 tests/packaging/rpm-cycle.sh
 tests/packaging/deb-cycle.sh
