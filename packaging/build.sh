@@ -17,6 +17,15 @@ triple=x86_64-unknown-linux-gnu
 release="${PKG_RELEASE:-1}"
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
 out="$root/target/packages"
+# Who the packages name as maintainer (Debian's Maintainer, RPM's Packager
+# and both changelogs). The project has no public domain or list yet: the
+# reserved .invalid domain (RFC 2606) can never deliver to a stranger who
+# registers a look-alike name, and is a well-formed address for lintian.
+# Change it here when the project has a list.
+maintainer="xen-block-hotplug maintainers <maintainers@xen-block-hotplug.invalid>"
+# The changelogs' date: the commit's, so that a rebuild is the same package.
+when=$(git log -1 --format=%ct 2>/dev/null || date +%s)
+when=${SOURCE_DATE_EPOCH:-$when}
 work="$out/work"
 
 for tool in dpkg-deb rpmbuild file gzip; do
@@ -79,6 +88,17 @@ install -D -m 0644 packaging/cron/xen-block-hotplug "$deb/etc/cron.d/xen-block-h
 mkdir -p "$deb/usr/share/doc/xen-block-hotplug"
 gzip -9n <README.md >"$deb/usr/share/doc/xen-block-hotplug/README.md.gz"
 install -m 0644 packaging/deb/copyright "$deb/usr/share/doc/xen-block-hotplug/copyright"
+cat >"$work/changelog.Debian" <<EOF
+xen-block-hotplug ($version-$release) unstable; urgency=medium
+
+  * Release $version, packaged by packaging/build.sh; the changes are in
+    the project's history and README.md.
+
+ -- $maintainer  $(LC_ALL=C date -u -R -d "@$when")
+EOF
+gzip -9n <"$work/changelog.Debian" >"$deb/usr/share/doc/xen-block-hotplug/changelog.Debian.gz"
+# What lintian says that is deliberate, each with its reason.
+install -D -m 0644 packaging/deb/lintian-overrides "$deb/usr/share/lintian/overrides/xen-block-hotplug"
 mkdir -p "$deb/DEBIAN"
 # The maintainer scripts, with the stock-script recogniser shared with the
 # .rpm pasted in (the preinst runs before any file of ours is unpacked).
@@ -91,7 +111,7 @@ for f in preinst postinst prerm postrm; do
 done
 echo /etc/cron.d/xen-block-hotplug >"$deb/DEBIAN/conffiles"
 size_kb=$(du -sk --exclude=DEBIAN "$deb" | cut -f1)
-sed -e "s/@VERSION@/$version-$release/" -e "s/@SIZE@/$size_kb/" \
+sed -e "s/@VERSION@/$version-$release/" -e "s/@SIZE@/$size_kb/" -e "s|@MAINTAINER@|$maintainer|" \
     packaging/deb/control >"$deb/DEBIAN/control"
 (cd "$deb" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' |
     LC_ALL=C sort -z | xargs -0 md5sum >DEBIAN/md5sums)
@@ -108,7 +128,15 @@ cp "$work/man/xen-block-hotplug.8.gz" README.md udev-rules/65-xen-block-hotplug.
 cp packaging/cron/xen-block-hotplug "$rpm_top/SOURCES/xen-block-hotplug.cron"
 # The spec as rpmbuild reads it (tests/packaging/rpm-cycle.sh rebuilds
 # from it and SOURCES).
-with_functions packaging/rpm/xen-block-hotplug.spec "$work/xen-block-hotplug.spec"
+with_functions packaging/rpm/xen-block-hotplug.spec "$work/spec.in"
+sed -e "s|@MAINTAINER@|$maintainer|" "$work/spec.in" >"$work/xen-block-hotplug.spec"
+cat >>"$work/xen-block-hotplug.spec" <<EOF
+
+%changelog
+* $(LC_ALL=C date -u -d "@$when" '+%a %b %d %Y') $maintainer - $version-$release
+- Release $version, packaged by packaging/build.sh; the changes are in the
+  project's history and README.md.
+EOF
 rpmbuild --quiet -bb --target x86_64 \
     --define "_topdir $rpm_top" \
     --define "pkg_version $version" \

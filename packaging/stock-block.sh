@@ -30,8 +30,7 @@ xbh_block_kind() {
 }
 
 xbh_is_stock_script() {
-    first=""
-    read -r first <"$1" || true
+    first=$(head -n 1 "$1")
     case $first in
     '#!/bin/bash'* | '#!/bin/sh'* | '#! /bin/bash'* | '#! /bin/sh'*) ;;
     *) return 1 ;;
@@ -48,8 +47,7 @@ xbh_foreign_notice() {
     if [ -L "$1" ]; then
         found="a symbolic link to $(readlink "$1" | tr -cd '[:print:]' | cut -c1-100)"
     elif [ -f "$1" ]; then
-        first=""
-        read -r first <"$1" || true
+        first=$(head -n 1 "$1")
         found="a file that is not Xen's stock script (first line: $(echo "$first" | tr -cd '[:print:]' | cut -c1-80))"
     else
         found="something that is not a file"

@@ -103,7 +103,7 @@ ours_99=$(rpmbuild --quiet -bb --target x86_64 --define "_topdir $work/build-our
 new_root() {
     local r=$1 tool lib
     mkdir -p "$r/bin" "$r/usr/bin" "$r/tmp"
-    for tool in sh dash mv ln rm readlink grep cat tr cut; do
+    for tool in sh dash mv ln rm readlink grep cat tr cut head; do
         cp -L "$(command -v $tool)" "$r/bin/$tool"
         cp -L "$(command -v $tool)" "$r/usr/bin/$tool"
         for lib in $(ldd "$(command -v $tool)" | grep -o '/[^ ]*'); do
