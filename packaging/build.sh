@@ -4,7 +4,10 @@
 #   xen-block-hotplug-VERSION-1.x86_64.rpm (Oracle VM / OL, RHEL, Fedora, openSUSE)
 # from one static binary (musl, or glibc with crt-static where the musl
 # target is not available: either runs on any x86-64 dom0 whatever its
-# userland) and the man page written from the clap definitions.
+# userland), the man page and the bash/zsh/fish completions written from
+# the clap definitions, the cleanup timer's units (packaging/systemd), the
+# cron fallback (packaging/cron) and the maintainer scripts with the
+# stock-script recogniser (packaging/stock-block.sh) pasted in.
 #
 # Needs cargo, gcc, dpkg-deb, and rpmbuild (Debian package `rpm`).
 # Environment: PKG_RELEASE (default 1) is the Debian revision and RPM
