@@ -11,6 +11,10 @@
 #      lands at block.xen-stock, ours stays;
 #   5. remove ours: the stock script is back at block byte for byte, no
 #      diversion; purge the stand-in.
+#   5b. upgrade from the layout of 0.1.0-1 before the recogniser (the link
+#      shipped as a file of the package, diverted unconditionally): dpkg
+#      drops the link as an obsolete file, the postinst makes it again;
+#      one diversion, the stock script kept; remove gives it back.
 #   6. a foreign block, a site's own script (no package's) and then a
 #      vendor's variant (the stand-in's): installing ours leaves it byte for
 #      byte and diverts nothing, says so on the terminal, installs the
@@ -202,6 +206,30 @@ cmp -s "$script" "$stock" || fail "remove: $script is not the stock script byte 
 echo "deb-cycle: remove: ok (stock script back byte for byte, no diversion, timer disabled and gone)"
 dpkg_retry --purge "$ours_pkg" "$standin_pkg"
 [ ! -e "$script" ] || fail "purge of the stand-in left $script"
+
+# 5b. The earlier layout, rebuilt from ours: the link in the package, the
+# earlier preinst/postrm (divert always; give back on remove), no postinst.
+dpkg-deb -R "$deb" "$work/ours-old"
+sed -i "s/^Version: .*/Version: ${ver%-*}-0/" "$work/ours-old/DEBIAN/control"
+rm -f "$work/ours-old/DEBIAN/postinst" "$work/ours-old/DEBIAN/prerm"
+mkdir -p "$work/ours-old/etc/xen/scripts"
+ln -s /usr/sbin/xen-block-hotplug "$work/ours-old/etc/xen/scripts/block"
+printf '#!/bin/sh\nset -e\ncase "$1" in install|upgrade) dpkg-divert --package %s --rename --divert %s --add %s >/dev/null ;; esac\nexit 0\n' \
+    "$ours_pkg" "$stock_copy" "$script" >"$work/ours-old/DEBIAN/preinst"
+printf '#!/bin/sh\nset -e\ncase "$1" in remove|abort-install|disappear) dpkg-divert --package %s --rename --divert %s --remove %s >/dev/null ;; esac\nexit 0\n' \
+    "$ours_pkg" "$stock_copy" "$script" >"$work/ours-old/DEBIAN/postrm"
+chmod 0755 "$work/ours-old/DEBIAN/preinst" "$work/ours-old/DEBIAN/postrm"
+dpkg-deb --root-owner-group -Zxz --build "$work/ours-old" "$work/ours-old.deb" >/dev/null
+dpkg_retry -i "$standin_2"
+dpkg_retry -i "$work/ours-old.deb"
+[ "$(readlink "$script")" = /usr/sbin/xen-block-hotplug ] || fail "the earlier layout did not install"
+dpkg_retry -i "$deb"
+check_ours_in_place "upgrade from the earlier layout (${ver%-*}-0)" "$stock"
+dpkg_retry -r "$ours_pkg"
+cmp -s "$script" "$stock" || fail "remove after the layout upgrade: $script is not the stock script"
+[ "$(diversions)" = 0 ] || fail "remove after the layout upgrade: diversion left"
+echo "deb-cycle: remove after the layout upgrade: ok (stock script back byte for byte)"
+dpkg_retry --purge "$ours_pkg" "$standin_pkg"
 
 # 6.
 printf '#!/bin/sh\n# site SAN wrapper\nexec /usr/local/sbin/san-block "$@"\n' >"$work/site-block"
