@@ -103,7 +103,7 @@ ours_99=$(rpmbuild --quiet -bb --target x86_64 --define "_topdir $work/build-our
 new_root() {
     local r=$1 tool lib
     mkdir -p "$r/bin" "$r/usr/bin" "$r/tmp"
-    for tool in sh dash mv ln rm readlink grep cat tr cut head; do
+    for tool in sh dash mv ln rm readlink grep cat tr cut head mkdir; do
         cp -L "$(command -v $tool)" "$r/bin/$tool"
         cp -L "$(command -v $tool)" "$r/usr/bin/$tool"
         for lib in $(ldd "$(command -v $tool)" | grep -o '/[^ ]*'); do
@@ -213,6 +213,9 @@ for flavour in "xen-runtime:%config(noreplace)" "xen:%config" "xen-tools:"; do
             fail "$foreign: the install did not say what it found: $(cat "$work/rpm.err")"
         grep -qF "ln -s /usr/sbin/xen-block-hotplug /etc/xen/scripts/block" "$work/rpm.err" ||
             fail "$foreign: the install did not say how to switch"
+        told=$(grep -c "is a file that is not Xen's stock script" "$work/rpm.err" || true)
+        [ "$told" = 1 ] || fail "$foreign: the install said it $told times"
+        [ ! -e "$R/var/lib/rpm-state/xen-block-hotplug" ] || fail "$foreign: rpm-state left behind"
         r_rpm -e xen-block-hotplug
         cmp -s "$(s block)" "$work/$foreign-block" || fail "$foreign: block changed by the erase"
         check_no_leftovers "$foreign: erase"
