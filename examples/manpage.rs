@@ -54,6 +54,12 @@ The hotplug lock shared with Xen's scripts.
 \fB/var/log/xen/xen-hotplug.log\fR
 Log, besides syslog (facility daemon).
 .TP
+\fBxen-block-hotplug-cleanup.timer\fR, \fB/etc/cron.d/xen-block-hotplug\fR
+Run \fBcleanup\fR every 10 minutes: the timer where systemd runs (enabled by the .deb; by the RPM only if a preset says so), the cron line where it does not.
+.TP
+\fB/etc/xen/scripts/block.site\fR
+Where to keep a site's own block script when switching to this binary by hand: the packages replace only Xen's stock script and leave any other in use.
+.TP
 \fB/usr/share/xen-block-hotplug/udev/65-xen-block-hotplug.rules\fR
 A udev rule for hosts that hotplug through udev but have no Xen rules of their own; not active until linked into \fB/etc/udev/rules.d\fR.
 .SH "EXIT STATUS"

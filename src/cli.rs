@@ -26,7 +26,13 @@ without touching its guests: `xen-block-hotplug selftest`.
 Exit status: 0 success, 1 failed add/remove (hotplug-status says why), 2 usage.";
 
 #[derive(Parser, Debug)]
-#[command(name = "xen-block-hotplug", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(
+    name = "xen-block-hotplug",
+    // Version, commit and target: see build.rs.
+    version = env!("XEN_BLOCK_HOTPLUG_BUILD_VERSION"),
+    about = ABOUT,
+    long_about = LONG_ABOUT
+)]
 pub struct Cli {
     /// Print debug detail (and progress on stderr even without a terminal)
     #[arg(short, long, global = true)]

@@ -73,7 +73,8 @@ fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
         .ok_or_else(|| anyhow!("backend {} has no params node", inv.backend))?;
     let mode_s = inputs.mode.as_deref();
     let mode = Mode::parse(mode_s.unwrap_or(""));
-    let target = kind::classify(ty, params, mode, &inv.script_dir)?;
+    let params = kind::params_bytes(store, &inv.node("params"), params)?;
+    let target = kind::classify(ty, &params, mode, &inv.script_dir)?;
     if matches!(target, Target::Phy { .. } | Target::File { .. }) && mode_s.is_none() {
         return Err(anyhow!("backend {} has no mode node", inv.backend));
     }
@@ -89,7 +90,9 @@ fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
             backend::write_status(store, inv, Status::Connected)
         }
         Target::Helper { ty, script } => kind::helper::run(job, store, &ty, &script),
-        Target::Phy { path, stat } => kind::phy::add(job, store, inputs, &path, &stat, mode),
+        Target::Phy { path, stat, fd } => {
+            kind::phy::add(job, store, inputs, &path, &stat, &fd, mode)
+        }
         Target::File { path, file, stat } => {
             kind::file::add(job, store, inputs, &path, &file, &stat, mode)
         }
@@ -99,7 +102,7 @@ fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
 fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
     let ty = inputs.ty.as_deref().unwrap_or("");
     if !matches!(ty, "" | "phy" | "file") {
-        let t = kind::classify(ty, "", Mode::ReadOnly, &job.inv.script_dir)?;
+        let t = kind::classify(ty, b"", Mode::ReadOnly, &job.inv.script_dir)?;
         if let Target::Helper { ty, script } = t {
             return kind::helper::run(job, store, &ty, &script);
         }

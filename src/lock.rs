@@ -100,7 +100,10 @@ fn flock(file: &File, operation: libc::c_int) -> nix::Result<()> {
 /// Takes the lock at `path` (its directory created), waiting at most `timeout`.
 pub fn acquire(path: &Path, timeout: Duration) -> Result<Lock, LockError> {
     let start = Instant::now();
-    let deadline = start + timeout;
+    // A timeout past the clock's range would panic in Instant + Duration:
+    // a year is "forever" for a hotplug script.
+    let timeout = timeout.min(Duration::from_secs(365 * 24 * 3600));
+    let deadline = start.checked_add(timeout).unwrap_or(start);
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }

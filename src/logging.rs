@@ -130,6 +130,9 @@ impl Log for Sinks {
             Some(s) => format!("{s}: {}", r.args()),
             None => r.args().to_string(),
         };
+        // Values from outside (a name with a newline, a guest's escape
+        // sequence) must neither forge a line nor reach a terminal raw.
+        let msg = crate::escape::escape(&msg);
         // Errors always reach stderr: libxl logs a failing script's stderr.
         if self.stderr || (self.errors && r.level() == Level::Error) {
             let tag = match r.level() {

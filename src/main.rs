@@ -14,6 +14,7 @@ use xen_block_hotplug::cli::{Cli, Command};
 use xen_block_hotplug::exit_codes::ExitCode;
 use xen_block_hotplug::hotplug::{self, Job};
 use xen_block_hotplug::invocation::{self, Action, Invocation, Vars};
+use xen_block_hotplug::store::client::{DEFAULT_TIMEOUT, LONGEST_WAIT};
 use xen_block_hotplug::store::Store;
 use xen_block_hotplug::{cleanup, diagnose, logging, selftest};
 
@@ -138,26 +139,67 @@ fn main_code() -> ExitCode {
     code
 }
 
-/// A number of seconds as given by a person: negative, NaN or absurdly
-/// large is refused (from_secs_f64 would panic on overflow).
+/// A number of seconds as given by a person: negative or NaN is refused;
+/// anything longer than LONGEST_WAIT (1e19, 1e300, inf) is clamped to it,
+/// as `Instant + Duration` would panic past the clock's range.
 fn seconds(s: f64) -> Option<Duration> {
-    Duration::try_from_secs_f64(s).ok()
+    if s.is_nan() || s < 0.0 {
+        return None;
+    }
+    let d = Duration::try_from_secs_f64(s).unwrap_or(LONGEST_WAIT);
+    Some(d.min(LONGEST_WAIT))
 }
 
-/// Connects to xenstored, with the exchange bound XEN_BLOCK_HOTPLUG_STORE_TIMEOUT
-/// (seconds) when set: a wedged xenstored must fail us before the toolstack
-/// gives up on the hotplug script.
+/// XEN_BLOCK_HOTPLUG_STORE_TIMEOUT's value: a positive number of seconds.
+fn store_timeout(text: &str) -> Option<Duration> {
+    let d = seconds(text.trim().parse().ok()?)?;
+    (!d.is_zero()).then_some(d)
+}
+
+/// Connects to xenstored, the connect and every exchange bounded by
+/// XEN_BLOCK_HOTPLUG_STORE_TIMEOUT (seconds) when set: a wedged xenstored
+/// must fail us before the toolstack gives up on the hotplug script.
 fn open_store(vars: &Vars) -> anyhow::Result<Store> {
-    let store = Store::open()?;
+    let mut timeout = DEFAULT_TIMEOUT;
     if let Some(t) = vars.get("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT") {
-        match t.trim().parse().ok().and_then(seconds) {
-            Some(d) if !d.is_zero() => store.set_timeout(d),
-            _ => log::warn!("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT={t:?} is not a number of seconds; using the default"),
+        match store_timeout(t) {
+            Some(d) => timeout = d,
+            None => log::warn!("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT={t:?} is not a number of seconds; using the default"),
         }
     }
-    Ok(store)
+    Ok(Store::open_within(timeout)?)
 }
 
 fn main() {
     std::process::exit(main_code().into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_read_as_a_person_means_them() {
+        let s = Duration::from_secs;
+        for (text, want) in [
+            ("10", Some(s(10))),
+            (" 2.5 ", Some(Duration::from_millis(2500))),
+            ("0", None),
+            ("-1", None),
+            ("nan", None),
+            ("ten", None),
+            ("", None),
+            // Absurd values wait "forever", clamped: never a panic.
+            ("1e19", Some(LONGEST_WAIT)),
+            ("1e300", Some(LONGEST_WAIT)),
+            ("18446744073709551615", Some(LONGEST_WAIT)),
+            ("inf", Some(LONGEST_WAIT)),
+        ] {
+            assert_eq!(store_timeout(text), want, "{text:?}");
+        }
+        // The lock timeout may be zero (try once).
+        assert_eq!(seconds(0.0), Some(Duration::ZERO));
+        assert_eq!(seconds(-0.5), None);
+        assert_eq!(seconds(f64::MAX), Some(LONGEST_WAIT));
+    }
 }

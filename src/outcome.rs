@@ -78,12 +78,10 @@ pub fn status_of(err: &anyhow::Error) -> Status {
 }
 
 /// The one-line sentence for `hotplug-error`: the context chain joined with
-/// ": ", control characters replaced, bounded well below xenstore's 4096.
+/// ": ", control characters escaped (xl prints it on the admin's terminal),
+/// bounded well below xenstore's 4096.
 pub fn sentence(err: &anyhow::Error) -> String {
-    let mut s: String = format!("{err:#}")
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let mut s: String = crate::escape::escape(&format!("{err:#}")).into_owned();
     if s.len() > 1024 {
         // A long value (a 4,000-character params) is usually in the middle:
         // keep the start, which names the subject, and the end, which says
@@ -122,7 +120,9 @@ mod tests {
     #[test]
     fn sentence_is_one_line_and_bounded() {
         let e = anyhow!("line one\nline two").context("adding /disk/a.img");
-        assert_eq!(sentence(&e), "adding /disk/a.img: line one line two");
+        assert_eq!(sentence(&e), "adding /disk/a.img: line one\\nline two");
+        let e = anyhow!("state 4\x1b[2J");
+        assert_eq!(sentence(&e), "state 4\\x1b[2J");
         let long = anyhow!("{}", "é".repeat(3000));
         let s = sentence(&long);
         assert!(s.len() <= 1030 && s.contains(" ... "), "{s}");

@@ -1,28 +1,40 @@
 //! The sharing rules (block-common.sh's check_sharing, made exact): a
 //! read-only disk may be shared with read-only users only; a read-write disk
 //! with nobody, except the same VM (the same `vm` path, or one domain is the
-//! other's `target`, as a stub domain is); `w!` skips every check. Users are
-//! dom0 mounts (/proc/self/mountinfo, which names devices by number: no stat
-//! per mount) and the other backends' `physical-device` nodes, compared as
-//! device numbers, never as text.
+//! other's `target`, as a stub domain is); `w!` skips every check. A `vm`
+//! or `target` node counts only when dom0 owns it: under xend a guest owns
+//! its home and could write them to pass as another VM. Users are dom0's
+//! own (mounts, swap, dm/md layers: see `holders`, which probes with O_EXCL
+//! and names them) and the other backends' `physical-device` nodes, compared
+//! as device numbers, never as text.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 use crate::devnum::DevNum;
+use crate::holders::{self, Holder};
 use crate::invocation::Invocation;
 use crate::mode::Mode;
-use crate::store::{Request, Store};
+use crate::store::{wire, Reply, Request, Store};
 
 /// Someone already using a device the request would use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum User {
-    /// Mounted in dom0.
+    /// Mounted in dom0 (itself, or `partition` of it).
     Mount {
         device: DevNum,
         point: String,
         writable: bool,
+        partition: Option<String>,
+    },
+    /// Held by dom0 otherwise: swap, a dm/md layer, or an exclusive holder
+    /// that cannot be seen (itself, or through `partition`).
+    Holder {
+        device: DevNum,
+        holder: Holder,
+        partition: Option<String>,
     },
     /// Another backend, of frontend domain `domid`.
     Guest {
@@ -30,13 +42,38 @@ pub enum User {
         domid: u32,
         backend: String,
         writable: bool,
+        /// Why the same-VM exception did not apply although the domains
+        /// claim it (untrusted `vm`/`target` nodes), for the sentence.
+        untrusted: Option<String>,
     },
 }
 
 impl User {
+    /// This guest user, with why the same-VM exception did not apply.
+    pub fn noted(self, note: Option<String>) -> User {
+        match self {
+            User::Guest {
+                device,
+                domid,
+                backend,
+                writable,
+                ..
+            } => User::Guest {
+                device,
+                domid,
+                backend,
+                writable,
+                untrusted: note,
+            },
+            m => m,
+        }
+    }
+
     pub fn device(&self) -> DevNum {
         match self {
-            User::Mount { device, .. } | User::Guest { device, .. } => *device,
+            User::Mount { device, .. }
+            | User::Holder { device, .. }
+            | User::Guest { device, .. } => *device,
         }
     }
 
@@ -45,17 +82,38 @@ impl User {
         let rw = |w: bool| if w { "read-write" } else { "read-only" };
         match self {
             User::Mount {
-                point, writable, ..
+                point,
+                writable,
+                partition,
+                ..
             } => format!(
-                "mounted {} on {point} in the privileged domain",
-                rw(*writable)
+                "mounted {} on {point}{} in the privileged domain",
+                rw(*writable),
+                partition
+                    .as_deref()
+                    .map(|p| format!(" through its partition {p}"))
+                    .unwrap_or_default()
             ),
+            User::Holder {
+                holder, partition, ..
+            } => holder.describe(partition.as_deref()),
             User::Guest {
                 domid,
                 backend,
                 writable,
+                untrusted: None,
                 ..
             } => format!("used {} by domain {domid} ({backend})", rw(*writable)),
+            User::Guest {
+                domid,
+                backend,
+                writable,
+                untrusted: Some(why),
+                ..
+            } => format!(
+                "used {} by domain {domid} ({backend}; {why})",
+                rw(*writable)
+            ),
         }
     }
 }
@@ -90,7 +148,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
         .collect()
 }
 
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -121,13 +179,108 @@ pub fn mounts() -> Result<Vec<Mount>> {
     Ok(parse_mountinfo(&text))
 }
 
-/// What the same-VM test needs of a domain.
+/// What the same-VM test needs of a domain: its trusted nodes only.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DomVm {
     /// `/local/domain/D/vm`.
     pub vm: Option<String>,
     /// The `vm` of `/local/domain/D/target`, for a stub domain.
     pub target_vm: Option<String>,
+    /// Why nodes that exist were not trusted, as clauses for a sentence.
+    pub untrusted: Vec<String>,
+}
+
+/// A node as read for the trust decision: its value, and the domain that
+/// owns it (the first entry of its permissions).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owned {
+    pub value: Option<String>,
+    pub owner: Option<u32>,
+}
+
+/// What was read about domain D for the same-VM test.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmFacts {
+    /// `/local/domain/D/vm`.
+    pub vm: Owned,
+    /// `/local/domain/D/target`: T, the domain D serves as a stub domain.
+    pub target: Owned,
+    /// `/local/domain/T/vm`.
+    pub target_vm: Owned,
+    /// `/local/domain/T/image/device-model-domid`, which the toolstack
+    /// writes for a stub domain: it must name D.
+    pub device_model: Owned,
+}
+
+/// A node's value when dom0 owns it; Err(the clause saying why not).
+fn trusted(node: &Owned, what: &str) -> Result<Option<String>, String> {
+    match (&node.value, node.owner) {
+        (None, _) => Ok(None),
+        (Some(v), Some(0)) => Ok(Some(v.clone())),
+        (Some(_), Some(o)) => Err(format!(
+            "{what} is owned by domain {o}, so it is not trusted"
+        )),
+        (Some(_), None) => Err(format!(
+            "{what} has no readable owner, so it is not trusted"
+        )),
+    }
+}
+
+/// Which of domain `d`'s nodes may be believed. A node is trusted only
+/// when dom0 owns it (under xend a guest owns its home and could write its
+/// own `vm` and `target`); `target` also needs the relation the toolstack
+/// writes for a stub domain: the target's `image/device-model-domid`
+/// (dom0's too) naming `d`. Untrusted nodes count as missing.
+pub fn judge_vm(d: u32, f: &VmFacts) -> DomVm {
+    let mut untrusted = Vec::new();
+    let vm = trusted(&f.vm, &format!("domain {d}'s vm node")).unwrap_or_else(|why| {
+        untrusted.push(why);
+        None
+    });
+    let target = trusted(&f.target, &format!("domain {d}'s target node")).unwrap_or_else(|why| {
+        untrusted.push(why);
+        None
+    });
+    let target_vm = target.and_then(|t| {
+        let Ok(t) = t.trim().parse::<u32>() else {
+            untrusted.push(format!(
+                "domain {d}'s target node names no domain, so it is not trusted"
+            ));
+            return None;
+        };
+        let dm = format!("domain {t}'s image/device-model-domid");
+        let relation = match trusted(&f.device_model, &dm) {
+            Ok(Some(v)) => match v.trim().parse::<u32>() {
+                Ok(x) if x == d => Ok(()),
+                Ok(x) => Err(format!(
+                    "domain {d}'s target node names domain {t}, whose device model is \
+                     domain {x}, so it is not trusted"
+                )),
+                Err(_) => Err(format!(
+                    "domain {d}'s target node names domain {t}, whose device-model-domid \
+                     names no domain, so it is not trusted"
+                )),
+            },
+            Ok(None) => Err(format!(
+                "domain {d}'s target node names domain {t}, which has no device-model domain, \
+                 so it is not trusted"
+            )),
+            Err(why) => Err(why),
+        };
+        if let Err(why) = relation {
+            untrusted.push(why);
+            return None;
+        }
+        trusted(&f.target_vm, &format!("domain {t}'s vm node")).unwrap_or_else(|why| {
+            untrusted.push(why);
+            None
+        })
+    });
+    DomVm {
+        vm,
+        target_vm,
+        untrusted,
+    }
 }
 
 /// block-common.sh's same_vm: the two are one VM when their `vm` paths, or
@@ -146,57 +299,99 @@ pub fn same_vm(me: &DomVm, other: &DomVm) -> bool {
     eq(mine, ov) || eq(tv, ov) || eq(mine, otv) || eq(tv, otv)
 }
 
-/// The `vm` (and target's `vm`) of each domain, in two round trips.
-pub fn read_vms(store: &Store, doms: &[u32]) -> Result<HashMap<u32, DomVm>> {
-    let paths: Vec<String> = doms
+/// Why two domains that are not the same VM might have been taken for one:
+/// the untrusted nodes of either, as one clause; None when none was.
+pub fn untrusted_note(me: &DomVm, other: &DomVm) -> Option<String> {
+    let all: Vec<&str> = me
+        .untrusted
         .iter()
-        .flat_map(|d| {
+        .chain(other.untrusted.iter().filter(|w| !me.untrusted.contains(w)))
+        .map(String::as_str)
+        .collect();
+    (!all.is_empty()).then(|| all.join("; "))
+}
+
+/// The nodes of `path` read with their owners, as batch requests.
+fn owned_reqs(path: &str) -> [Request<'_>; 2] {
+    [Request::Read(path), Request::GetPerms(path)]
+}
+
+fn owned(replies: &mut impl Iterator<Item = Reply>) -> Owned {
+    let value = replies.next().and_then(Reply::value);
+    let owner = replies.next().and_then(|r| wire::perms_owner(&r.list()));
+    Owned { value, owner }
+}
+
+/// The trusted `vm` (and target's `vm`) of each domain, judged by
+/// `judge_vm`, in two round trips (values and owners pipelined together).
+pub fn read_vms(store: &Store, doms: &[u32]) -> Result<HashMap<u32, DomVm>> {
+    let paths: Vec<[String; 2]> = doms
+        .iter()
+        .map(|d| {
             [
                 format!("/local/domain/{d}/vm"),
                 format!("/local/domain/{d}/target"),
             ]
         })
         .collect();
-    let v = store
-        .read_many(&paths)
-        .context("reading domains' vm paths")?;
-    let mut targets = Vec::new();
-    for (i, d) in doms.iter().enumerate() {
-        if let Some(t) = v
-            .get(2 * i + 1)
-            .cloned()
-            .flatten()
-            .and_then(|t| t.parse::<u32>().ok())
-        {
-            targets.push((*d, t));
-        }
-    }
-    let tpaths: Vec<String> = targets
+    let reqs: Vec<Request<'_>> = paths
         .iter()
-        .map(|(_, t)| format!("/local/domain/{t}/vm"))
+        .flat_map(|[vm, t]| owned_reqs(vm).into_iter().chain(owned_reqs(t)))
         .collect();
-    let tv = store
-        .read_many(&tpaths)
-        .context("reading target domains' vm paths")?;
-    let mut out: HashMap<u32, DomVm> = doms
+    let mut replies = store
+        .batch(&reqs)
+        .context("reading domains' vm paths")?
+        .into_iter();
+    let mut facts: Vec<(u32, VmFacts)> = doms
         .iter()
-        .enumerate()
-        .map(|(i, d)| {
+        .map(|d| {
+            let vm = owned(&mut replies);
+            let target = owned(&mut replies);
             (
                 *d,
-                DomVm {
-                    vm: v.get(2 * i).cloned().flatten(),
-                    target_vm: None,
+                VmFacts {
+                    vm,
+                    target,
+                    ..VmFacts::default()
                 },
             )
         })
         .collect();
-    for ((d, _), vm) in targets.iter().zip(tv) {
-        if let Some(e) = out.get_mut(d) {
-            e.target_vm = vm;
+    // Second round: each named target's vm and device-model-domid.
+    let named: Vec<(usize, [String; 2])> = facts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, f))| {
+            let t = f.target.value.as_deref()?.trim().parse::<u32>().ok()?;
+            Some((
+                i,
+                [
+                    format!("/local/domain/{t}/vm"),
+                    format!("/local/domain/{t}/image/device-model-domid"),
+                ],
+            ))
+        })
+        .collect();
+    let reqs: Vec<Request<'_>> = named
+        .iter()
+        .flat_map(|(_, [vm, dm])| owned_reqs(vm).into_iter().chain(owned_reqs(dm)))
+        .collect();
+    let mut replies = store
+        .batch(&reqs)
+        .context("reading target domains' vm paths")?
+        .into_iter();
+    for (i, _) in &named {
+        let target_vm = owned(&mut replies);
+        let device_model = owned(&mut replies);
+        if let Some((_, f)) = facts.get_mut(*i) {
+            f.target_vm = target_vm;
+            f.device_model = device_model;
         }
     }
-    Ok(out)
+    Ok(facts
+        .into_iter()
+        .map(|(d, f)| (d, judge_vm(d, &f)))
+        .collect())
 }
 
 /// Every other backend of this type whose `physical-device` is one of
@@ -257,33 +452,30 @@ pub fn users_under(
             domid,
             backend,
             writable: Mode::parse(m.as_deref().unwrap_or("")).writable(),
+            untrusted: None,
         })
         .collect())
 }
 
 /// The first user that forbids using `devices` in `mode` from frontend
-/// domain `frontend`; None when the request may go ahead.
+/// domain `frontend`; None when the request may go ahead. Each device comes
+/// with a node to probe it through (see `holders`).
 pub fn conflict(
     store: &Store,
     inv: &Invocation,
     frontend: u32,
     mode: Mode,
-    devices: &[DevNum],
+    devices: &[(DevNum, PathBuf)],
 ) -> Result<Option<User>> {
     if mode == Mode::Unchecked || devices.is_empty() {
         return Ok(None);
     }
     let want_write = mode.writable();
-    for m in mounts()? {
-        if devices.contains(&m.device) && (want_write || m.writable) {
-            return Ok(Some(User::Mount {
-                device: m.device,
-                point: m.point,
-                writable: m.writable,
-            }));
-        }
+    if let Some(u) = holders::dom0_user(devices, want_write)? {
+        return Ok(Some(u));
     }
-    let users: Vec<User> = guest_users(store, inv, devices)?
+    let numbers: Vec<DevNum> = devices.iter().map(|(d, _)| *d).collect();
+    let users: Vec<User> = guest_users(store, inv, &numbers)?
         .into_iter()
         .filter(|u| want_write || matches!(u, User::Guest { writable: true, .. }))
         .collect();
@@ -294,7 +486,7 @@ pub fn conflict(
         .iter()
         .filter_map(|u| match u {
             User::Guest { domid, .. } => Some(*domid),
-            User::Mount { .. } => None,
+            _ => None,
         })
         .collect();
     doms.push(frontend);
@@ -302,10 +494,20 @@ pub fn conflict(
     doms.dedup();
     let vms = read_vms(store, &doms)?;
     let me = vms.get(&frontend).cloned().unwrap_or_default();
-    Ok(users.into_iter().find(|u| match u {
-        User::Guest { domid, .. } => !same_vm(&me, vms.get(domid).unwrap_or(&DomVm::default())),
-        User::Mount { .. } => true,
-    }))
+    let none = DomVm::default();
+    Ok(users
+        .into_iter()
+        .find(|u| match u {
+            User::Guest { domid, .. } => !same_vm(&me, vms.get(domid).unwrap_or(&none)),
+            _ => true,
+        })
+        .map(|u| {
+            let note = match &u {
+                User::Guest { domid, .. } => untrusted_note(&me, vms.get(domid).unwrap_or(&none)),
+                _ => None,
+            };
+            u.noted(note)
+        }))
 }
 
 #[cfg(test)]
@@ -316,7 +518,166 @@ mod tests {
         DomVm {
             vm: vm.map(String::from),
             target_vm: t.map(String::from),
+            untrusted: Vec::new(),
         }
+    }
+
+    fn node(value: Option<&str>, owner: Option<u32>) -> Owned {
+        Owned {
+            value: value.map(String::from),
+            owner,
+        }
+    }
+
+    #[test]
+    fn only_dom0_owned_vm_and_target_nodes_are_believed() {
+        let dom0 = |v: &str| node(Some(v), Some(0));
+        let guest = |v: &str, o: u32| node(Some(v), Some(o));
+        let missing = Owned::default();
+        // Domain 8; a stub domain's target is 5.
+        let stub = VmFacts {
+            vm: dom0("/vm/stub"),
+            target: dom0("5"),
+            target_vm: dom0("/vm/g"),
+            device_model: dom0("8"),
+        };
+        // (facts of domain 8, its trusted vm, its trusted target vm, the
+        // words of why a node was not trusted)
+        type Case<'a> = (VmFacts, Option<&'a str>, Option<&'a str>, &'a [&'a str]);
+        let cases: Vec<Case> = vec![
+            // libxl: dom0 owns the nodes.
+            (
+                VmFacts {
+                    vm: dom0("/vm/a"),
+                    ..VmFacts::default()
+                },
+                Some("/vm/a"),
+                None,
+                &[],
+            ),
+            (stub.clone(), Some("/vm/stub"), Some("/vm/g"), &[]),
+            // xend: the guest owns its home and what is in it.
+            (
+                VmFacts {
+                    vm: guest("/vm/a", 8),
+                    ..VmFacts::default()
+                },
+                None,
+                None,
+                &["domain 8's vm node is owned by domain 8, so it is not trusted"],
+            ),
+            // A guest-written target.
+            (
+                VmFacts {
+                    target: guest("5", 8),
+                    ..stub.clone()
+                },
+                Some("/vm/stub"),
+                None,
+                &["domain 8's target node is owned by domain 8"],
+            ),
+            // A dom0-owned target without the device-model relation.
+            (
+                VmFacts {
+                    device_model: missing.clone(),
+                    ..stub.clone()
+                },
+                Some("/vm/stub"),
+                None,
+                &["names domain 5, which has no device-model domain"],
+            ),
+            (
+                VmFacts {
+                    device_model: dom0("9"),
+                    ..stub.clone()
+                },
+                Some("/vm/stub"),
+                None,
+                &["names domain 5, whose device model is domain 9"],
+            ),
+            (
+                VmFacts {
+                    device_model: guest("8", 5),
+                    ..stub.clone()
+                },
+                Some("/vm/stub"),
+                None,
+                &["domain 5's image/device-model-domid is owned by domain 5"],
+            ),
+            // The target's own vm node, written by the target.
+            (
+                VmFacts {
+                    target_vm: guest("/vm/g", 5),
+                    ..stub.clone()
+                },
+                Some("/vm/stub"),
+                None,
+                &["domain 5's vm node is owned by domain 5"],
+            ),
+            (
+                VmFacts {
+                    target: dom0("five"),
+                    ..stub.clone()
+                },
+                Some("/vm/stub"),
+                None,
+                &["domain 8's target node names no domain"],
+            ),
+            // Unreadable permissions are no trust either.
+            (
+                VmFacts {
+                    vm: node(Some("/vm/a"), None),
+                    ..VmFacts::default()
+                },
+                None,
+                None,
+                &["domain 8's vm node has no readable owner"],
+            ),
+            // Missing nodes are no finding.
+            (VmFacts::default(), None, None, &[]),
+        ];
+        for (facts, vm, target_vm, why) in cases {
+            let got = judge_vm(8, &facts);
+            assert_eq!(got.vm.as_deref(), vm, "{facts:?}");
+            assert_eq!(got.target_vm.as_deref(), target_vm, "{facts:?}");
+            assert_eq!(
+                got.untrusted.len(),
+                why.len(),
+                "{facts:?}: {:?}",
+                got.untrusted
+            );
+            for (g, w) in got.untrusted.iter().zip(why) {
+                assert!(g.contains(w), "{g:?} lacks {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_guest_that_writes_its_own_target_is_not_its_victims_vm() {
+        let victim = judge_vm(
+            7,
+            &VmFacts {
+                vm: node(Some("/vm/victim"), Some(0)),
+                ..VmFacts::default()
+            },
+        );
+        let attacker = judge_vm(
+            8,
+            &VmFacts {
+                vm: node(Some("/vm/attacker"), Some(8)),
+                target: node(Some("7"), Some(8)),
+                target_vm: node(Some("/vm/victim"), Some(0)),
+                device_model: Owned::default(),
+            },
+        );
+        assert!(!same_vm(&attacker, &victim));
+        assert!(!same_vm(&victim, &attacker));
+        let why = untrusted_note(&attacker, &victim).expect("a reason");
+        assert!(
+            why.contains("domain 8's target node is owned by domain 8"),
+            "{why}"
+        );
+        assert_eq!(untrusted_note(&victim, &victim), None);
     }
 
     #[test]
@@ -369,10 +730,16 @@ mod tests {
             domid: 7,
             backend: "backend/vbd/7/51712".into(),
             writable: true,
+            untrusted: None,
         };
         assert_eq!(
             u.describe(),
             "used read-write by domain 7 (backend/vbd/7/51712)"
+        );
+        let why = "domain 8's vm node is owned by domain 8, so it is not trusted";
+        assert_eq!(
+            u.noted(Some(why.into())).describe(),
+            format!("used read-write by domain 7 (backend/vbd/7/51712; {why})")
         );
     }
 }

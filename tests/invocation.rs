@@ -156,9 +156,9 @@ fn usage_errors_exit_2_with_one_line_and_do_nothing() {
             c.args(["add", "--lock-timeout", "-1"]);
             c
         }),
-        ("absurd --lock-timeout", {
+        ("NaN --lock-timeout", {
             let mut c = bed.command(&b);
-            c.args(["add", "--lock-timeout", "1e300"]);
+            c.args(["add", "--lock-timeout", "nan"]);
             c
         }),
     ];

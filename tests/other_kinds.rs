@@ -110,6 +110,7 @@ fn a_helper_runs_with_the_command_and_a_clean_environment() {
             "XENBUS_TYPE",
             "XENBUS_BASE_PATH",
             "XEN_SCRIPT_DIR",
+            "XENSTORED_PATH",
             "PATH",
             "PWD",
             "OLDPWD",
@@ -173,4 +174,48 @@ fn a_failing_helper_fails_the_add() {
     let b = bed.backend(7, 51712, "broken", "target", "w");
     let r = bed.run("add", &b);
     assert_refused(&bed, &b, &r, "error", &["block-broken"]);
+}
+
+#[test]
+fn a_helper_reaches_the_store_the_hotplug_run_was_given() {
+    if !can_loop("a_helper_reaches_the_store_the_hotplug_run_was_given") {
+        return;
+    }
+    let bed = Bed::new("helper-store");
+    // The helper asks the store, as block-iscsi's xenstore-read would, and
+    // reports what it read.
+    let script = bed.script_dir.join("block-storeread");
+    let out = bed.dir.join("read.out");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{{ echo \"$XENSTORED_PATH|$XENSTORED_RUNDIR\"; \
+             xenstore-read \"$XENBUS_PATH/params\" 2>&1; }} > {out}\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let b = bed.backend(7, 51712, "storeread", "target", "w");
+    let r = bed
+        .command(&b)
+        .env("XENSTORED_RUNDIR", &bed.dir)
+        .arg("add")
+        .output()
+        .unwrap();
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let got = std::fs::read_to_string(&out).unwrap();
+    let mut lines = got.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("{}|{}", bed.sim.socket_path().display(), bed.dir.display()).as_str())
+    );
+    if Path::new("/usr/bin/xenstore-read").exists() {
+        assert_eq!(lines.next(), Some("target"), "{got}");
+    }
 }

@@ -89,9 +89,12 @@ fn the_same_vm_and_its_stub_domain_may_share_a_writable_device() {
     let b = bed.backend(8, 51712, "phy", p, "w");
     bed.sim.write("/local/domain/8/vm", "/vm/test-7");
     assert_phy_connected(&bed, &b, &bed.run("add", &b), &dev);
-    // Domain 9 is domain 7's stub domain: its own vm, and target 7.
+    // Domain 9 is domain 7's stub domain: its own vm, and target 7, with
+    // the device-model relation the toolstack writes beside it.
     let c = bed.backend(9, 51712, "phy", p, "w");
     bed.sim.write("/local/domain/9/target", "7");
+    bed.sim
+        .write("/local/domain/7/image/device-model-domid", "9");
     assert_phy_connected(&bed, &c, &bed.run("add", &c), &dev);
 }
 

@@ -2,8 +2,9 @@
 //! toolstack wrote down to the loop device, in one read-only pass.
 //!
 //! Gathering (this file) reads xenstore in a few pipelined round trips,
-//! looks at `params`, the loop devices, dom0's mounts, /proc/locks and the
-//! hotplug log; `verdict` turns the facts into one sentence and what to do;
+//! looks at `params`, the loop devices, dom0's own use of the devices (the
+//! add's `holders` facts and decision: mounts, swap, dm/md layers, and an
+//! O_EXCL probe for writable disks), /proc/locks and the hotplug log; `verdict` turns the facts into one sentence and what to do;
 //! `render` prints them for a person (80 columns) or as JSON. Nothing is
 //! written, no lock is taken, no loop device is attached or detached.
 
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 use crate::devnum::DevNum;
 use crate::exit_codes::ExitCode;
+use crate::holders::{self, Probe};
 use crate::invocation::{Action, Invocation, Vars};
 use crate::kind::{self, file, Target};
 use crate::loopdev;
@@ -142,11 +144,14 @@ pub struct LoopCheck {
 /// Someone else using the same device in a conflicting mode.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Conflict {
-    /// guest or mount.
+    /// guest, mount, or holder (dom0's swap, a dm/md layer, or an
+    /// exclusive holder that cannot be seen).
     pub user: &'static str,
     pub domid: Option<u32>,
     pub backend: Option<String>,
     pub mount_point: Option<String>,
+    /// For a holder: `swap`, the layer's name (dm-0, md0), or `unseen`.
+    pub holder: Option<String>,
     pub writable: bool,
     /// "used read-write by domain 7 (backend/vbd/7/51712)".
     pub description: String,
@@ -188,6 +193,8 @@ pub struct Report {
     /// backend, domain or host.
     pub scope: &'static str,
     pub healthy: bool,
+    /// Where xenstored was reached (socket path or xenbus device).
+    pub store: String,
     pub lock: LockFacts,
     pub devices: Vec<Device>,
 }
@@ -312,7 +319,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
 
     let lock = lockinfo::examine(&opts.lock_file);
     let log_tail = read_log_tail(&opts.log_file);
-    let mounts = sharing::mounts().unwrap_or_default();
+    let sources = holders::Sources::read().unwrap_or_default();
 
     let mut devices: Vec<Device> = Vec::new();
     let mut wanted: Vec<Vec<DevNum>> = Vec::new();
@@ -340,7 +347,11 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         };
         let exists = !m.is_empty();
         let (checks, devs) = if exists {
-            check(&inv, &toolstack, &hotplug)
+            // A params that is not UTF-8 is examined as the bytes it is.
+            let lossy = toolstack.params.as_deref().unwrap_or("");
+            let params = kind::params_bytes(store, &inv.node("params"), lossy)
+                .unwrap_or(std::borrow::Cow::Borrowed(lossy.as_bytes()));
+            check(&inv, &toolstack, &hotplug, &params)
         } else {
             (Checks::default(), Vec::new())
         };
@@ -373,7 +384,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         .iter()
         .filter_map(|u| match u {
             User::Guest { domid, .. } => Some(*domid),
-            User::Mount { .. } => None,
+            _ => None,
         })
         .chain(devices.iter().map(frontend_domid))
         .collect();
@@ -385,7 +396,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         sharing::read_vms(store, &doms)?
     };
     for (d, devs) in devices.iter_mut().zip(&wanted) {
-        d.checks.conflicts = conflicts(d, devs, &users, &mounts, &vms);
+        d.checks.conflicts = conflicts(d, devs, &users, &sources, &vms);
         d.verdict = verdict::judge(d, &lock);
     }
     Ok(Report {
@@ -397,6 +408,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         // A domain without disks is a finding; a host without any is not.
         healthy: devices.iter().all(|d| d.verdict.healthy)
             && !(devices.is_empty() && matches!(scope, Scope::Domain(_))),
+        store: store.origin().to_string(),
         lock,
         devices,
     })
@@ -423,7 +435,7 @@ fn mode_of(t: &Toolstack) -> Mode {
 }
 
 /// Checks one backend; also returns the devices whose other users matter.
-fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug) -> (Checks, Vec<DevNum>) {
+fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug, raw: &[u8]) -> (Checks, Vec<DevNum>) {
     let mode = mode_of(t);
     let ty = t.ty.as_deref().unwrap_or("");
     let params = t.params.as_deref().unwrap_or("");
@@ -433,7 +445,7 @@ fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug) -> (Checks, Vec<DevNum>) 
     let mut phy_dev: Option<DevNum> = None;
     // Read-only classification: the image is opened read-only whatever the
     // mode (write permission is checked from the mode bits instead).
-    let pc = match kind::classify(ty, params, Mode::ReadOnly, &inv.script_dir) {
+    let pc = match kind::classify(ty, raw, Mode::ReadOnly, &inv.script_dir) {
         Ok(Target::Empty) => ParamsCheck {
             ok: true,
             kind: "empty",
@@ -449,14 +461,19 @@ fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug) -> (Checks, Vec<DevNum>) 
                 device: None,
             }
         }
-        Ok(Target::Phy { path, stat }) => {
+        Ok(Target::Phy { path, stat, fd }) => {
             let d = DevNum::from_rdev(stat.st_rdev);
             phy_dev = Some(d);
+            // The add refuses this for a writable disk (classified read-only here).
+            let nodev = mode.writable() && kind::on_nodev(&fd);
             ParamsCheck {
-                ok: true,
+                ok: !nodev,
                 kind: "phy",
                 path: Some(path.display().to_string()),
-                problem: None,
+                problem: nodev.then(|| {
+                    "is a device node on a filesystem mounted nodev, so it is not attached read-write"
+                        .to_string()
+                }),
                 device: Some(d.to_node()),
             }
         }
@@ -562,7 +579,7 @@ fn conflicts(
     d: &Device,
     devs: &[DevNum],
     users: &[User],
-    mounts: &[sharing::Mount],
+    sources: &holders::Sources,
     vms: &HashMap<u32, DomVm>,
 ) -> Vec<Conflict> {
     let mode = mode_of(&d.toolstack);
@@ -573,22 +590,46 @@ fn conflicts(
     let none = DomVm::default();
     let me = vms.get(&frontend_domid(d)).unwrap_or(&none);
     let mut out = Vec::new();
-    for m in mounts {
-        if devs.contains(&m.device) && (want_write || m.writable) {
-            let u = User::Mount {
-                device: m.device,
-                point: m.point.clone(),
-                writable: m.writable,
-            };
-            out.push(Conflict {
+    // dom0's own use, judged as the add judges it.
+    for dev in devs {
+        let probe = match holders::node_of(*dev) {
+            Some(node) if want_write => holders::probe(&node),
+            _ => Probe::Skipped,
+        };
+        let facts = holders::gather(*dev, probe, sources);
+        let Some(u) = holders::decide(want_write, &facts) else {
+            continue;
+        };
+        let description = u.describe();
+        out.push(match u {
+            User::Mount {
+                point, writable, ..
+            } => Conflict {
                 user: "mount",
                 domid: None,
                 backend: None,
-                mount_point: Some(m.point.clone()),
-                writable: m.writable,
-                description: u.describe(),
-            });
-        }
+                mount_point: Some(point),
+                holder: None,
+                writable,
+                description,
+            },
+            User::Holder { holder, .. } => Conflict {
+                user: "holder",
+                domid: None,
+                backend: None,
+                mount_point: None,
+                writable: !matches!(
+                    holder,
+                    holders::Holder::Layer {
+                        writable: false,
+                        ..
+                    }
+                ),
+                holder: Some(holder.name()),
+                description,
+            },
+            User::Guest { .. } => continue,
+        });
     }
     for u in users {
         let User::Guest {
@@ -596,6 +637,7 @@ fn conflicts(
             domid,
             backend,
             writable,
+            ..
         } = u
         else {
             continue;
@@ -603,7 +645,8 @@ fn conflicts(
         if *backend == d.inv.backend || !devs.contains(device) {
             continue;
         }
-        if !(want_write || *writable) || sharing::same_vm(me, vms.get(domid).unwrap_or(&none)) {
+        let other = vms.get(domid).unwrap_or(&none);
+        if !(want_write || *writable) || sharing::same_vm(me, other) {
             continue;
         }
         out.push(Conflict {
@@ -611,8 +654,12 @@ fn conflicts(
             domid: Some(*domid),
             backend: Some(backend.clone()),
             mount_point: None,
+            holder: None,
             writable: *writable,
-            description: u.describe(),
+            description: u
+                .clone()
+                .noted(sharing::untrusted_note(me, other))
+                .describe(),
         });
     }
     out
@@ -670,7 +717,10 @@ pub fn main(scope: &Scope, opts: &Options, as_json: bool) -> ExitCode {
     let report = match report {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("xen-block-hotplug diagnose: {e:#}");
+            eprintln!(
+                "xen-block-hotplug diagnose: {}",
+                crate::escape::escape(&format!("{e:#}"))
+            );
             return ExitCode::Failure;
         }
     };

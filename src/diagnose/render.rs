@@ -1,9 +1,13 @@
 //! Diagnose's output: text for a person (wrapped to 80 columns, colour only
 //! on a terminal and without NO_COLOR) or JSON with stable field names.
+//! Every value in the text passes through `escape` (a guest's escape
+//! sequence or a newline in a value is shown spelt out, never raw); JSON
+//! escapes by itself.
 
 use std::fmt::Write as _;
 
 use super::{Device, LockFacts, Report};
+use crate::escape::escape;
 
 const WIDTH: usize = 80;
 
@@ -11,6 +15,7 @@ const WIDTH: usize = 80;
 /// others indented by `indent` spaces. A word longer than a line (a path)
 /// is kept whole.
 pub fn wrap(first: &str, indent: usize, text: &str) -> String {
+    let text = escape(text);
     let mut out = String::from(first);
     let mut col = first.chars().count();
     let mut line_start = true;
@@ -62,13 +67,13 @@ fn state(v: &Option<String>, name: Option<&'static str>) -> String {
 fn summary(d: &Device, paint: &Paint) -> String {
     let head = format!(
         "{:<22} {:<5} {:<3} {:<10}",
-        d.backend,
-        or_dash(&d.toolstack.ty),
-        or_dash(&d.toolstack.mode),
-        or_dash(&d.hotplug.status)
+        escape(&d.backend),
+        escape(or_dash(&d.toolstack.ty)),
+        escape(or_dash(&d.toolstack.mode)),
+        escape(or_dash(&d.hotplug.status))
     );
     let room = WIDTH.saturating_sub(head.chars().count() + 1).max(10);
-    let mut v = d.verdict.sentence.clone();
+    let mut v = escape(&d.verdict.sentence).into_owned();
     if v.chars().count() > room {
         v = v.chars().take(room - 3).collect::<String>() + "...";
     }
@@ -82,12 +87,14 @@ fn details(d: &Device, log_file: &str, paint: &Paint) -> String {
     let dev = t
         .dev
         .as_deref()
-        .map(|x| format!(", {x}"))
+        .map(|x| format!(", {}", escape(x)))
         .unwrap_or_default();
     let _ = writeln!(
         o,
         "{} (domain {}, device {}{dev})",
-        d.backend, d.domid, d.devid
+        escape(&d.backend),
+        d.domid,
+        d.devid
     );
     let label = if d.verdict.healthy {
         "healthy"
@@ -294,6 +301,7 @@ pub fn text(r: &Report, log_file: &str, colour: bool) -> String {
         }
     }
     o.push('\n');
+    o.push_str(&format!("xenstore: {}\n", r.store));
     o.push_str(&lock_line(&r.lock));
     o
 }

@@ -82,6 +82,7 @@ fn params_problem(d: &Device) -> Option<(String, String)> {
             "make the image writable (chmod u+w) or give the disk mode r in the domain's config"
                 .into(),
         ),
+        "phy" => (format!("{} {problem}", what(d)), FIX_CONFIG.into()),
         "helper" => (
             format!(
                 "disk type {:?} {problem} ({})",
@@ -127,6 +128,15 @@ fn conflict_verdict(d: &Device, already: bool) -> Option<Verdict> {
                 .unwrap_or("DEV");
             format!("detach it from domain {dom} first (xl block-detach {dom} {dev})")
         }
+        (None, "holder") => match c.holder.as_deref() {
+            Some("swap") => "turn that swap off in dom0 first (swapoff)".to_string(),
+            Some("unseen") | None => "find what holds it in dom0 (a mount in another namespace: \
+                 grep in /proc/*/mountinfo; or lsof) and stop it first"
+                .to_string(),
+            Some(layer) => format!(
+                "take down {layer} in dom0 first (dmsetup remove, lvchange -an or mdadm --stop)"
+            ),
+        },
         (None, _) => format!(
             "unmount {} in dom0 first",
             c.mount_point.as_deref().unwrap_or("it")
@@ -394,5 +404,187 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
     if let Some(v) = conflict_verdict(d, true) {
         return v;
     }
+    if let Some(v) = frontend(d) {
+        return v;
+    }
     Verdict::healthy()
+}
+
+fn fe_state_text(d: &Device) -> String {
+    match (&d.toolstack.frontend_state, d.toolstack.frontend_state_name) {
+        (Some(s), Some(n)) => format!("frontend state {} {n}", s.trim()),
+        (Some(s), None) => format!("frontend state {s}"),
+        (None, _) => "no frontend state".into(),
+    }
+}
+
+/// What the guest's side says about a disk the hotplug script connected.
+/// blkback goes to 4 Connected once the frontend is 3 Initialised; a
+/// frontend state that does not follow the backend's means the guest (or
+/// blkback) is stuck. No frontend state node at all is not judged: the
+/// frontend may be unreadable from here.
+fn frontend(d: &Device) -> Option<Verdict> {
+    let fe = d.toolstack.frontend_state.as_deref()?.trim();
+    let be = d.toolstack.state.as_deref().map(str::trim);
+    let closing = matches!(be, Some("5" | "6"));
+    let dom = frontend_domid(d);
+    match fe {
+        "5" | "6" if !closing => Some(Verdict::bad(
+            "frontend-closed",
+            format!(
+                "the guest has closed the disk ({}) while the backend is still set up ({}): \
+                 the guest unplugged it or shut its block driver down",
+                fe_state_text(d),
+                state_text(d)
+            ),
+            format!(
+                "if the guest should see the disk, {}; otherwise detach it (xl block-detach {dom} {})",
+                reattach(d),
+                d.devid
+            ),
+        )),
+        "4" if closing => Some(Verdict::bad(
+            "guest-still-connected",
+            format!(
+                "the disk is being detached ({}) but the guest still has it connected ({}): \
+                 the guest has not released it",
+                state_text(d),
+                fe_state_text(d)
+            ),
+            format!(
+                "unmount the disk in domain {dom} so that its driver lets go, \
+                 or force the detach (xl block-detach -f {dom} {})",
+                d.devid
+            ),
+        )),
+        "3" | "4" if be != Some("4") => Some(Verdict::bad(
+            "frontend-connected-alone",
+            format!(
+                "the guest is ready to use the disk ({}) but blkback has not connected ({})",
+                fe_state_text(d),
+                state_text(d)
+            ),
+            format!(
+                "look in dom0's kernel log for why blkback did not connect (dmesg | grep -i blkback: \
+                 it could not open physical-device, or the ring setup failed), then {}",
+                reattach(d)
+            ),
+        )),
+        "0" | "1" if !closing => Some(Verdict::bad(
+            "frontend-not-initialised",
+            format!(
+                "the disk is ready in dom0 but the guest has not taken it up ({}): \
+                 its block driver (xen-blkfront) has not started",
+                fe_state_text(d)
+            ),
+            format!(
+                "check that domain {dom} is running and has PV block drivers (xen-blkfront, or \
+                 PV drivers in an HVM guest); the disk appears when the driver loads"
+            ),
+        )),
+        _ => None,
+    }
+}
+
+fn frontend_domid(d: &Device) -> String {
+    d.toolstack
+        .frontend_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+        .map(str::to_string)
+        .unwrap_or_else(|| d.domid.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnose::{backend_inv, state_name, Checks, Hotplug, ParamsCheck, Toolstack};
+
+    fn connected_phy(be: &str, fe: Option<&str>) -> Device {
+        Device {
+            backend: "backend/vbd/5/51712".into(),
+            domid: 5,
+            devid: 51712,
+            exists: true,
+            toolstack: Toolstack {
+                ty: Some("phy".into()),
+                params: Some("/dev/loop3".into()),
+                mode: Some("w".into()),
+                frontend_id: Some("5".into()),
+                state: Some(be.into()),
+                state_name: state_name(be),
+                frontend_state: fe.map(String::from),
+                frontend_state_name: fe.and_then(state_name),
+                ..Toolstack::default()
+            },
+            hotplug: Hotplug {
+                status: Some("connected".into()),
+                physical_device: Some("7:3".into()),
+                ..Hotplug::default()
+            },
+            checks: Checks {
+                params: Some(ParamsCheck {
+                    ok: true,
+                    kind: "phy",
+                    path: Some("/dev/loop3".into()),
+                    problem: None,
+                    device: Some("7:3".into()),
+                }),
+                physical_device_matches: Some(true),
+                ..Checks::default()
+            },
+            log: Vec::new(),
+            verdict: Verdict::default(),
+            inv: backend_inv("backend/vbd/5/51712").unwrap(),
+        }
+    }
+
+    /// (backend state, frontend state, the problem diagnose names)
+    #[test]
+    fn the_frontends_state_against_the_backends() {
+        let table = [
+            ("4", Some("4"), "healthy"),
+            ("2", None, "healthy"),
+            ("4", None, "healthy"),
+            ("2", Some("1"), "frontend-not-initialised"),
+            ("4", Some("1"), "frontend-not-initialised"),
+            ("2", Some("0"), "frontend-not-initialised"),
+            ("4", Some("5"), "frontend-closed"),
+            ("4", Some("6"), "frontend-closed"),
+            ("2", Some("6"), "frontend-closed"),
+            ("2", Some("4"), "frontend-connected-alone"),
+            ("3", Some("4"), "frontend-connected-alone"),
+            ("2", Some("3"), "frontend-connected-alone"),
+            ("5", Some("4"), "guest-still-connected"),
+            ("6", Some("4"), "guest-still-connected"),
+            // Detach under way on both sides, or done: nothing to say.
+            ("5", Some("5"), "healthy"),
+            ("6", Some("6"), "healthy"),
+            ("5", Some("1"), "healthy"),
+            // A value no frontend writes (a guest's junk) is not judged.
+            ("4", Some("4\x1b[2J"), "healthy"),
+        ];
+        for (be, fe, want) in table {
+            let d = connected_phy(be, fe);
+            let v = judge(&d, &LockFacts::default());
+            assert_eq!(
+                v.problem,
+                want,
+                "backend {be}, frontend {fe:?}: {}",
+                v.line()
+            );
+            if want != "healthy" {
+                assert!(v.action.is_some());
+                assert!(v.sentence.contains("frontend state"), "{}", v.sentence);
+            }
+        }
+        // The rules come after the disk's own: a mismatch is named first.
+        let mut d = connected_phy("4", Some("1"));
+        d.checks.physical_device_matches = Some(false);
+        assert_eq!(
+            judge(&d, &LockFacts::default()).problem,
+            "physical-device-mismatch"
+        );
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::stat::FileStat;
@@ -153,7 +153,8 @@ fn check_sharing(
     let relevant: Vec<&LoopStatus> = users.iter().filter(|u| Some(u.number) != own).collect();
     let mut devices = Vec::with_capacity(relevant.len());
     for u in &relevant {
-        devices.push(loop_devnum(u.number)?);
+        let node = PathBuf::from(format!("/dev/loop{}", u.number));
+        devices.push((loop_devnum(u.number)?, node));
     }
     let Some(u) = sharing::conflict(store, inv, frontend, mode, &devices)? else {
         return Ok(());
@@ -161,7 +162,7 @@ fn check_sharing(
     let through = relevant
         .iter()
         .zip(&devices)
-        .find(|(_, d)| **d == u.device())
+        .find(|(_, (d, _))| *d == u.device())
         .map(|(l, _)| format!("/dev/loop{}", l.number))
         .unwrap_or_else(|| u.device().to_node());
     Err(Busy(format!(

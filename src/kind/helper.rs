@@ -1,5 +1,7 @@
 //! Other disk types: `$XEN_SCRIPT_DIR/block-TYPE add|remove`, the one
-//! subprocess we ever start, with the hotplug variables only.
+//! subprocess we ever start, with the hotplug variables only, and the
+//! store's location when it was given (XENSTORED_PATH, XENSTORED_RUNDIR):
+//! the helper's xenstore-read must reach the store we were told to use.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -12,6 +14,9 @@ use crate::store::Store;
 
 /// The PATH a helper gets; xen-hotplug-common.sh extends it itself.
 const HELPER_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where the xenstore tools find the store; passed on when set.
+const STORE_VARS: [&str; 2] = ["XENSTORED_PATH", "XENSTORED_RUNDIR"];
 
 pub fn run(job: &Job, store: &Store, ty: &str, script: &Path) -> Result<()> {
     let action = job.inv.action.as_str();
@@ -26,9 +31,15 @@ pub fn run(job: &Job, store: &Store, ty: &str, script: &Path) -> Result<()> {
         return Ok(());
     }
     log::debug!("running {} {action}", script.display());
-    let status = Command::new(script)
+    let mut cmd = Command::new(script);
+    cmd.env_clear();
+    for k in STORE_VARS {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    let status = cmd
         .arg(action)
-        .env_clear()
         .envs(job.inv.hotplug_env.iter().map(|(k, v)| (k, v)))
         .env("PATH", HELPER_PATH)
         .env("ACTION", action)

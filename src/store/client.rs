@@ -5,32 +5,87 @@
 //! hotplug timeout), sends one request at a time (the sharing scan wants
 //! hundreds of reads in one round trip: xenstored answers outstanding
 //! requests in order), and keeps its wire codec private. So this client
-//! speaks the protocol itself, finds xenstored the same way (XENSTORED_PATH,
-//! /run/xenstored/socket, then /dev/xen/xenbus), and implements
-//! xenstore-rs's `Xs` trait so that code written against that crate's
-//! interface runs over it.
+//! speaks the protocol itself, finds xenstored where libxenstore does
+//! (`locate`), and implements xenstore-rs's `Xs` trait so that code written
+//! against that crate's interface runs over it.
+//!
+//! The socket and the xenbus device take their requests differently. The
+//! socket is a byte stream: it is written non-blocking as it drains, while
+//! replies are read (xenstored stops reading a connection whose replies pile
+//! up). The device (`/dev/xen/xenbus`, `/proc/xen/xenbus`: xenstored in a
+//! stub domain, driver domains) never reports writable to poll() (only
+//! readable, when a reply is queued), and each write() must carry exactly
+//! one whole message (the kernel handles one and discards the rest; more than
+//! 4096 + 16 bytes is EINVAL). So on the device each message goes in one
+//! blocking write, a few requests are kept outstanding (replies come back in
+//! order), and only POLLIN is ever waited for.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::libc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::time::TimeVal;
 
+use super::locate;
 use super::wire::{Message, Op, PAYLOAD_MAX};
 
 /// Default bound on any one exchange with xenstored.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-const DEFAULT_SOCKET: &str = "/run/xenstored/socket";
-const XENBUS_DEVICE: &str = "/dev/xen/xenbus";
+/// The longest bound honoured: a year is "forever" for a hotplug script,
+/// and `Instant + Duration` panics past the clock's range (a person's
+/// `1e19`), so longer timeouts are clamped to this.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The instant `t` from now, `t` clamped to LONGEST_WAIT: never panics.
+pub fn deadline_after(t: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(t.min(LONGEST_WAIT)).unwrap_or(now)
+}
+
+/// Requests kept outstanding on the xenbus device before replies are read.
+/// Old kernels (before 4.11) answer inside write() anyway; newer ones queue
+/// replies without bound, so this only keeps a stand-in's buffers (and the
+/// kernel's queue) small: 16 replies of at most 4112 bytes fit any socket
+/// buffer.
+const DEVICE_WINDOW: usize = 16;
 
 enum Conn {
     Socket(UnixStream),
     Device(File),
+}
+
+/// How a connection takes its requests (see the module header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavour {
+    Socket,
+    Device,
+}
+
+/// What to wait for: the socket is written as it drains, so it waits for
+/// POLLOUT while bytes are pending; the device never reports writable, so it
+/// waits for replies only.
+fn poll_mask(flavour: Flavour, pending_out: bool) -> PollFlags {
+    match (flavour, pending_out) {
+        (Flavour::Socket, true) => PollFlags::POLLIN | PollFlags::POLLOUT,
+        (Flavour::Socket, false) | (Flavour::Device, _) => PollFlags::POLLIN,
+    }
+}
+
+/// Whether the device may take one more request now: there is one left and
+/// fewer than DEVICE_WINDOW are waiting for their replies.
+fn device_may_send(sent: usize, answered: usize, total: usize) -> bool {
+    sent < total && sent.saturating_sub(answered) < DEVICE_WINDOW
 }
 
 impl Conn {
@@ -39,6 +94,30 @@ impl Conn {
             Conn::Socket(s) => s.as_fd(),
             Conn::Device(f) => f.as_fd(),
         }
+    }
+
+    fn flavour(&self) -> Flavour {
+        match self {
+            Conn::Socket(_) => Flavour::Socket,
+            Conn::Device(_) => Flavour::Device,
+        }
+    }
+}
+
+/// The encoded requests of a batch and how far they have gone out.
+struct Outgoing {
+    buf: Vec<u8>,
+    /// Where each message ends in `buf`.
+    ends: Vec<usize>,
+    /// Bytes written so far.
+    written: usize,
+    /// Whole messages written so far (the device's count).
+    sent: usize,
+}
+
+impl Outgoing {
+    fn pending(&self) -> bool {
+        self.written < self.buf.len()
     }
 }
 
@@ -83,7 +162,12 @@ pub struct Store {
 /// A request to send in a pipelined batch.
 pub enum Request<'a> {
     Read(&'a str),
+    /// READ, the value kept as the bytes stored (`Reply::Raw`).
+    ReadRaw(&'a str),
     Directory(&'a str),
+    /// GET_PERMS: the node's permission list (`Reply::List`), the owner's
+    /// entry first (`wire::perms_owner`).
+    GetPerms(&'a str),
     Write(&'a str, &'a str),
     Rm(&'a str),
 }
@@ -93,6 +177,7 @@ pub enum Request<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Value(String),
+    Raw(Vec<u8>),
     List(Vec<String>),
     Done,
     Missing,
@@ -127,32 +212,70 @@ fn error_kind(name: &str) -> io::ErrorKind {
 }
 
 impl Store {
-    /// Connects as the xenstore clients do: the socket named by
-    /// XENSTORED_PATH, else /run/xenstored/socket, else /dev/xen/xenbus.
+    /// Connects as libxenstore does (see `locate`), with the default timeout.
     pub fn open() -> io::Result<Store> {
-        match std::env::var_os("XENSTORED_PATH") {
-            Some(p) => Store::open_socket(Path::new(&p)),
-            None => Store::open_socket(Path::new(DEFAULT_SOCKET)).or_else(|_| {
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(XENBUS_DEVICE)
-                    .map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!(
-                                "no xenstored at {DEFAULT_SOCKET} or {XENBUS_DEVICE} \
-                                 (is this a Xen dom0?): {e}"
-                            ),
-                        )
-                    })?;
-                Ok(Store::from_conn(Conn::Device(f), XENBUS_DEVICE.into()))
-            }),
+        Store::open_within(DEFAULT_TIMEOUT)
+    }
+
+    /// `open`, every exchange (the connect included) bounded by `timeout`.
+    /// The error names every place tried and why each failed.
+    pub fn open_within(timeout: Duration) -> io::Result<Store> {
+        let places = locate::places(&locate::Env::from_process());
+        let mut kind = io::ErrorKind::NotFound;
+        let found = locate::first_answer(&places, |p| {
+            let r = Store::open_place(p, timeout);
+            if let Err(e) = &r {
+                if e.kind() != io::ErrorKind::NotFound {
+                    kind = e.kind();
+                }
+            }
+            r.map_err(|e| e.to_string())
+        });
+        match found {
+            Ok((_, store)) => Ok(store),
+            Err(why) => Err(io::Error::new(kind, why)),
         }
     }
 
+    /// Whatever is at `path`: a socket is connected to, the xenbus device
+    /// (or xenfs's file) is opened as the device, anything else refused.
+    fn open_place(path: &Path, timeout: Duration) -> io::Result<Store> {
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => io::Error::new(e.kind(), "does not exist"),
+            _ => e,
+        })?;
+        let kind = locate::kind_of(path, meta.file_type()).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is neither a socket nor the xenbus device",
+            )
+        })?;
+        let store = match kind {
+            locate::Kind::Socket => {
+                let s = connect_within(path, timeout)?;
+                // Non-blocking, so that a peer that stops reading cannot
+                // block a write past the deadline: every wait goes through poll.
+                s.set_nonblocking(true)?;
+                Store::from_conn(Conn::Socket(s), path.to_string_lossy().into_owned())
+            }
+            locate::Kind::Device => {
+                let f = OpenOptions::new().read(true).write(true).open(path)?;
+                Store::from_conn(Conn::Device(f), path.to_string_lossy().into_owned())
+            }
+        };
+        store.set_timeout(timeout);
+        Ok(store)
+    }
+
+    /// The socket at `path`, with the default timeout.
     pub fn open_socket(path: &Path) -> io::Result<Store> {
-        let s = UnixStream::connect(path).map_err(|e| {
+        Store::open_socket_within(path, DEFAULT_TIMEOUT)
+    }
+
+    /// The socket at `path`; the connect and every exchange bounded by
+    /// `timeout`.
+    pub fn open_socket_within(path: &Path, timeout: Duration) -> io::Result<Store> {
+        let s = connect_within(path, timeout).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("connecting to xenstored at {}: {e}", path.display()),
@@ -161,10 +284,17 @@ impl Store {
         // Non-blocking, so that a peer that stops reading cannot block a
         // write past the deadline: every wait goes through poll.
         s.set_nonblocking(true)?;
-        Ok(Store::from_conn(
-            Conn::Socket(s),
-            path.to_string_lossy().into_owned(),
-        ))
+        let store = Store::from_conn(Conn::Socket(s), path.to_string_lossy().into_owned());
+        store.set_timeout(timeout);
+        Ok(store)
+    }
+
+    /// A store over `file`, spoken to as the xenbus device is (one whole
+    /// message per write, never polled for writability). For tests: a
+    /// stand-in with the device's semantics drives the real client code.
+    #[doc(hidden)]
+    pub fn over_device(file: File, origin: &str) -> Store {
+        Store::from_conn(Conn::Device(file), origin.into())
     }
 
     fn from_conn(conn: Conn, origin: String) -> Store {
@@ -187,20 +317,18 @@ impl Store {
     }
 
     /// This store's name in loop device records: empty for the host's own
-    /// xenstored (the default socket or the xenbus device), else the socket
-    /// XENSTORED_PATH named, so that devices attached for a private store
-    /// (a test's simulator) are never taken for the host's.
+    /// xenstored (any default place: `locate::HOST_DEFAULTS`), else the path
+    /// XENSTORED_PATH or XENSTORED_RUNDIR named, so that devices attached
+    /// for a private store (a test's simulator) are never taken for the
+    /// host's.
     pub fn identity(&self) -> &str {
-        if self.origin == DEFAULT_SOCKET || self.origin == XENBUS_DEVICE {
-            ""
-        } else {
-            &self.origin
-        }
+        locate::identity(&self.origin)
     }
 
-    /// Bound on any one exchange (a batch counts as one).
+    /// Bound on any one exchange (a batch counts as one), at most
+    /// LONGEST_WAIT.
     pub fn set_timeout(&self, t: Duration) {
-        self.inner.borrow_mut().timeout = t;
+        self.inner.borrow_mut().timeout = t.min(LONGEST_WAIT);
     }
 
     /// (requests sent, round trips waited) so far.
@@ -220,12 +348,20 @@ impl Store {
         let mut inner = self.inner.borrow_mut();
         let first = inner.next_req;
         let mut out = Vec::new();
+        let mut ends = Vec::with_capacity(reqs.len());
         let mut ops = Vec::with_capacity(reqs.len());
+        let raw: Vec<bool> = reqs
+            .iter()
+            .map(|r| matches!(r, Request::ReadRaw(_)))
+            .collect();
         for (i, r) in reqs.iter().enumerate() {
             let id = first.wrapping_add(i as u32);
             let m = match r {
-                Request::Read(p) => Message::strings(Op::Read, id, 0, &[p.as_bytes()]),
+                Request::Read(p) | Request::ReadRaw(p) => {
+                    Message::strings(Op::Read, id, 0, &[p.as_bytes()])
+                }
                 Request::Directory(p) => Message::strings(Op::Directory, id, 0, &[p.as_bytes()]),
+                Request::GetPerms(p) => Message::strings(Op::GetPerms, id, 0, &[p.as_bytes()]),
                 Request::Rm(p) => Message::strings(Op::Rm, id, 0, &[p.as_bytes()]),
                 Request::Write(p, v) => Message::write(id, 0, p, v.as_bytes()),
             };
@@ -237,17 +373,23 @@ impl Store {
             }
             ops.push(m.ty);
             m.encode_into(&mut out);
+            ends.push(out.len());
         }
         inner.next_req = first.wrapping_add(reqs.len() as u32);
         inner.requests += reqs.len() as u64;
         inner.round_trips += 1;
-        let deadline = Instant::now() + inner.timeout;
-        let mut pending: &[u8] = &out;
+        let deadline = deadline_after(inner.timeout);
+        let mut pending = Outgoing {
+            buf: out,
+            ends,
+            written: 0,
+            sent: 0,
+        };
         let mut replies = Vec::with_capacity(reqs.len());
         let mut failure = None;
         for (i, ty) in ops.iter().enumerate() {
             let id = first.wrapping_add(i as u32);
-            let m = inner.recv(&mut pending, deadline, &self.origin)?;
+            let m = inner.recv(&mut pending, i, deadline, &self.origin)?;
             if m.req_id != id {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -271,8 +413,11 @@ impl Store {
                 ));
             } else {
                 match Op::from_u32(*ty) {
+                    Some(Op::Read) if raw.get(i) == Some(&true) => {
+                        Reply::Raw(m.payload.strip_suffix(&[0]).unwrap_or(&m.payload).to_vec())
+                    }
                     Some(Op::Read) => Reply::Value(m.payload_str()),
-                    Some(Op::Directory) => Reply::List(m.payload_list()),
+                    Some(Op::Directory | Op::GetPerms) => Reply::List(m.payload_list()),
                     _ => Reply::Done,
                 }
             };
@@ -301,6 +446,16 @@ impl Store {
         Ok(self.batch(&reqs)?.into_iter().map(Reply::value).collect())
     }
 
+    /// READ, the value as the bytes stored: a path (`params`) need not be
+    /// UTF-8, and the lossy String of `read` would name another file. None
+    /// when the node does not exist.
+    pub fn read_raw(&self, path: &str) -> io::Result<Option<Vec<u8>>> {
+        Ok(match self.one(Request::ReadRaw(path))? {
+            Reply::Raw(v) => Some(v),
+            _ => None,
+        })
+    }
+
     /// DIRECTORY; empty when the node does not exist.
     pub fn directory(&self, path: &str) -> io::Result<Vec<String>> {
         Ok(self.one(Request::Directory(path))?.list())
@@ -318,6 +473,49 @@ impl Store {
 
     pub fn rm(&self, path: &str) -> io::Result<()> {
         self.one(Request::Rm(path)).map(|_| ())
+    }
+}
+
+/// Connects to the socket at `path` within `timeout`. xenstored listens
+/// with a backlog of 1: while its queue is full a blocking connect waits,
+/// without bound, and a non-blocking one fails with EAGAIN. So the connect
+/// blocks with SO_SNDTIMEO set to the time left (the kernel bounds that wait
+/// by it and wakes us as soon as the queue drains), and EAGAIN is retried
+/// until the deadline.
+fn connect_within(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let timeout = timeout.min(LONGEST_WAIT);
+    let deadline = deadline_after(timeout);
+    let addr = UnixAddr::new(path)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "its listen queue stayed full for {:.0} s",
+                    timeout.as_secs_f64()
+                ),
+            ));
+        }
+        // A zero timeval means "no bound": at least 1 us.
+        let micros = left.subsec_micros().max(u32::from(left.as_secs() == 0));
+        let tv = TimeVal::new(
+            left.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+            libc::suseconds_t::from(micros),
+        );
+        setsockopt(&fd, sockopt::SendTimeout, &tv)?;
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => return Ok(UnixStream::from(fd)),
+            // Interrupted, or the queue still full: try again in the time left.
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -341,10 +539,20 @@ impl Inner {
     }
 
     /// The next reply, skipping watch events (this client sets no watches,
-    /// but a shared xenbus device may deliver them). Meanwhile it sends what
-    /// is left of `out`: xenstored stops reading a connection whose replies
-    /// are not read, so a long batch must read while it writes.
-    fn recv(&mut self, out: &mut &[u8], deadline: Instant, origin: &str) -> io::Result<Message> {
+    /// but a shared xenbus device may deliver them), `answered` replies of
+    /// the batch having been taken already. Meanwhile it sends what is left
+    /// of `out`: on the socket as it drains (xenstored stops reading a
+    /// connection whose replies are not read, so a long batch must read
+    /// while it writes); on the device one whole message per write, up to
+    /// DEVICE_WINDOW outstanding.
+    fn recv(
+        &mut self,
+        out: &mut Outgoing,
+        answered: usize,
+        deadline: Instant,
+        origin: &str,
+    ) -> io::Result<Message> {
+        let flavour = self.conn.flavour();
         loop {
             if let Some(m) = self.take_message()? {
                 if m.op() == Some(Op::WatchEvent) {
@@ -352,15 +560,17 @@ impl Inner {
                 }
                 return Ok(m);
             }
-            let mut want = PollFlags::POLLIN;
-            if !out.is_empty() {
-                want |= PollFlags::POLLOUT;
+            if flavour == Flavour::Device {
+                while device_may_send(out.sent, answered, out.ends.len()) {
+                    self.send_whole(out, origin)?;
+                }
             }
-            let got = self.wait(want, deadline)?;
+            let got = self.wait(poll_mask(flavour, out.pending()), deadline)?;
             if got.contains(PollFlags::POLLOUT) {
-                match self.conn.write(out) {
+                let rest = out.buf.get(out.written..).unwrap_or_default();
+                match self.conn.write(rest) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => *out = out.get(n..).unwrap_or_default(),
+                    Ok(n) => out.written += n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
@@ -385,6 +595,29 @@ impl Inner {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Writes the next message whole, in one write() (the device's rule:
+    /// one message per write; it is never polled for writability).
+    fn send_whole(&mut self, out: &mut Outgoing, origin: &str) -> io::Result<()> {
+        let end = out.ends.get(out.sent).copied().unwrap_or(out.buf.len());
+        let msg = out.buf.get(out.written..end).unwrap_or_default();
+        loop {
+            match self.conn.write(msg) {
+                Ok(n) if n == msg.len() => break,
+                Ok(n) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("{origin} took {n} of a {}-byte message", msg.len()),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.written = end;
+        out.sent += 1;
+        Ok(())
     }
 
     fn take_message(&mut self) -> io::Result<Option<Message>> {
@@ -433,5 +666,46 @@ impl xenstore_rs::Xs for Store {
     }
     fn rm(&self, path: &str) -> io::Result<()> {
         Store::rm(self, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_device_is_never_polled_for_writability() {
+        let (i, o) = (PollFlags::POLLIN, PollFlags::POLLOUT);
+        for (flavour, pending, want) in [
+            (Flavour::Socket, true, i | o),
+            (Flavour::Socket, false, i),
+            (Flavour::Device, true, i),
+            (Flavour::Device, false, i),
+        ] {
+            assert_eq!(poll_mask(flavour, pending), want, "{flavour:?} {pending}");
+        }
+    }
+
+    #[test]
+    fn the_device_keeps_a_window_of_requests_outstanding() {
+        // (sent, answered, total) -> may send one more
+        for (sent, answered, total, want) in [
+            (0, 0, 1, true),
+            (1, 0, 1, false),
+            (0, 0, 100, true),
+            (DEVICE_WINDOW - 1, 0, 100, true),
+            (DEVICE_WINDOW, 0, 100, false),
+            (DEVICE_WINDOW, 1, 100, true),
+            (100, 99, 100, false),
+            (0, 0, 0, false),
+            // A peer that answers more than was asked never underflows.
+            (3, 5, 10, true),
+        ] {
+            assert_eq!(
+                device_may_send(sent, answered, total),
+                want,
+                "sent {sent}, answered {answered}, total {total}"
+            );
+        }
     }
 }

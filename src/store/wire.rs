@@ -200,9 +200,42 @@ pub fn split_nul(p: &[u8]) -> Vec<&[u8]> {
     p.split(|&b| b == 0).collect()
 }
 
+/// The owner of a node, from its GET_PERMS answer: the first entry is the
+/// owner's, a letter (`n` none, `r` read, `w` write, `b` both: what everyone
+/// else may do) followed by the domain id. None when it is not that shape.
+pub fn perms_owner<S: AsRef<str>>(perms: &[S]) -> Option<u32> {
+    let first = perms.first()?.as_ref();
+    let id = first.strip_prefix(['n', 'r', 'w', 'b'])?;
+    if id.is_empty() || !id.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_owner_is_the_domain_of_the_first_permission() {
+        for (perms, owner) in [
+            (&["n0"][..], Some(0)),
+            (&["r5", "n0"], Some(5)),
+            (&["w5"], Some(5)),
+            (&["b12", "r0"], Some(12)),
+            (&["n0", "b8"], Some(0)),
+            (&[], None),
+            (&[""], None),
+            (&["n"], None),
+            (&["x5"], None),
+            (&["n-1"], None),
+            (&["n+1"], None),
+            (&["n 1"], None),
+            (&["n99999999999"], None),
+        ] {
+            assert_eq!(perms_owner(perms), owner, "{perms:?}");
+        }
+    }
 
     #[test]
     fn round_trip() {

@@ -35,7 +35,10 @@ for pair in "deb:$deb_list" "rpm:$rpm_list"; do
     kind=${pair%%:*}
     list=${pair#*:}
     for want in /usr/sbin/xen-block-hotplug /usr/share/man/man8/xen-block-hotplug.8.gz \
-        /usr/share/xen-block-hotplug/udev/65-xen-block-hotplug.rules; do
+        /usr/share/xen-block-hotplug/udev/65-xen-block-hotplug.rules \
+        /usr/lib/systemd/system/xen-block-hotplug-cleanup.service \
+        /usr/lib/systemd/system/xen-block-hotplug-cleanup.timer \
+        /etc/cron.d/xen-block-hotplug; do
         grep -q "^$want\$" <<<"$list" || fail "$kind: $want missing"
     done
     ! grep -q xenstore-sim <<<"$list" || fail "$kind: carries xenstore-sim"
@@ -53,20 +56,75 @@ for b in "$work/deb/usr/sbin/xen-block-hotplug" "$work/rpm/usr/sbin/xen-block-ho
 done
 cmp -s "$work/deb/usr/sbin/xen-block-hotplug" "$work/rpm/usr/sbin/xen-block-hotplug" ||
     fail "the .deb and the .rpm carry different binaries"
+# --version names the build (build.rs): this checkout's commit, the target,
+# and static linking.
+v=$("$work/deb/usr/sbin/xen-block-hotplug" --version)
+if head=$(git rev-parse --short HEAD 2>/dev/null); then
+    grep -Eq "^xen-block-hotplug [^ ]+ \(commit $head(-dirty)?, x86_64-unknown-linux-(musl|gnu), static\)\$" <<<"$v" ||
+        fail "--version says '$v', not commit $head, x86_64 static"
+fi
 
-# .deb: the link, and the diversion in and out.
-[ "$(readlink "$work/deb/etc/xen/scripts/block")" = /usr/sbin/xen-block-hotplug ] ||
-    fail "deb: /etc/xen/scripts/block is not a link to /usr/sbin/xen-block-hotplug"
+# .deb: the diversion in and out, and the link made by the postinst (not
+# shipped: dpkg would lay it over a foreign script); both formats' scripts
+# carry the recogniser.
+[ ! -e "$work/deb/etc/xen/scripts/block" ] && [ ! -L "$work/deb/etc/xen/scripts/block" ] ||
+    fail "deb: ships /etc/xen/scripts/block"
 dpkg-deb -e "$deb" "$work/deb-ctl"
-grep -q -- '--divert /etc/xen/scripts/block.xen-stock' "$work/deb-ctl/preinst" || fail "deb: preinst does not divert"
+grep -q -- '--divert "$stock" --add "$script"' "$work/deb-ctl/preinst" || fail "deb: preinst does not divert"
 grep -q -- '--remove /etc/xen/scripts/block' "$work/deb-ctl/postrm" || fail "deb: postrm does not give the script back"
+grep -q 'ln -s /usr/sbin/xen-block-hotplug "$script"' "$work/deb-ctl/postinst" || fail "deb: postinst does not link"
+grep -q '^xbh_block_kind()' "$work/deb-ctl/preinst" || fail "deb: preinst lacks the recogniser"
+[ "$(rpm -qp --scripts --triggers "$rpm_file" 2>/dev/null | grep -c '^xbh_block_kind()')" = 2 ] ||
+    fail "rpm: %post and %triggerin do not both carry the recogniser"
+
+# The cleanup timer: the units parse and load (systemd-analyze verify,
+# against this host's own units for the targets they name), and the
+# cron fallback is a conffile in both packages.
+grep -qx /etc/cron.d/xen-block-hotplug "$work/deb-ctl/conffiles" || fail "deb: the cron file is not a conffile"
+[ "$(rpm -qp --configfiles "$rpm_file" 2>/dev/null)" = /etc/cron.d/xen-block-hotplug ] ||
+    fail "rpm: config files are '$(rpm -qp --configfiles "$rpm_file" 2>/dev/null)'"
+cmp -s "$work/deb/etc/cron.d/xen-block-hotplug" "$work/rpm/etc/cron.d/xen-block-hotplug" || fail "the cron files differ"
+for u in xen-block-hotplug-cleanup.service xen-block-hotplug-cleanup.timer; do
+    cmp -s "$work/deb/usr/lib/systemd/system/$u" "$work/rpm/usr/lib/systemd/system/$u" || fail "$u differs"
+done
+if command -v systemd-analyze >/dev/null && [ -d /usr/lib/systemd/system ]; then
+    mkdir -p "$work/units/usr/lib/systemd" "$work/units/usr/sbin"
+    cp -a /usr/lib/systemd/system "$work/units/usr/lib/systemd/"
+    cp "$work/deb/usr/lib/systemd/system/"xen-block-hotplug-cleanup.* "$work/units/usr/lib/systemd/system/"
+    cp "$work/deb/usr/sbin/xen-block-hotplug" "$work/units/usr/sbin/"
+    verify=$(systemd-analyze verify --man=no --root="$work/units" \
+        xen-block-hotplug-cleanup.timer xen-block-hotplug-cleanup.service 2>&1) ||
+        fail "systemd-analyze verify: $verify"
+    [ -z "$verify" ] || fail "systemd-analyze verify says: $verify"
+    exposure=$(systemd-analyze security --offline=yes \
+        "$work/deb/usr/lib/systemd/system/xen-block-hotplug-cleanup.service" 2>/dev/null |
+        sed -n 's/.*Overall exposure level for [^:]*: //p')
+    echo "check-packages: units verify; the service's exposure: ${exposure:-unknown}"
+fi
+# The cron line runs cleanup only where systemd is not running: played with
+# the marker directory and the binary replaced by test paths.
+cron_cmd=$(grep -v '^#' "$work/deb/etc/cron.d/xen-block-hotplug" | grep ' root ' | sed 's/^\([^ ]* \)\{5\}root //')
+[ -n "$cron_cmd" ] || fail "cron: no line run as root"
+printf '#!/bin/sh\necho "$*" >>%s\n' "$work/cron-ran" >"$work/fake-xbh"
+chmod +x "$work/fake-xbh"
+cron_run() { # systemd running (yes/no): what the fake binary was run with
+    rm -rf "$work/run-systemd" "$work/cron-ran"
+    [ "$1" = yes ] && mkdir -p "$work/run-systemd"
+    sh -c "$(sed -e "s|/run/systemd/system|$work/run-systemd|g" \
+        -e "s|/usr/sbin/xen-block-hotplug|$work/fake-xbh|g" <<<"$cron_cmd")" || true
+    cat "$work/cron-ran" 2>/dev/null || true
+}
+[ "$(cron_run no)" = cleanup ] || fail "cron: without systemd the line runs '$(cron_run no)', not cleanup"
+[ -z "$(cron_run yes)" ] || fail "cron: with systemd the line still runs '$(cron_run yes)'"
 
 # .rpm: not the owner of the path; the scriptlets and triggers are there.
 ! grep -q '^/etc/xen' <<<"$rpm_list" || fail "rpm: lists a file under /etc/xen (the Xen tools package owns it)"
 for want in 'postinstall scriptlet' 'postuninstall scriptlet' \
     'triggerin scriptlet (using /bin/sh) -- xen, xen-runtime, xen-tools' \
     'triggerpostun scriptlet (using /bin/sh) -- xen, xen-runtime, xen-tools' \
-    'mv -f "$s/block" "$s/block.xen-stock"' 'mv -f "$s/block.xen-stock" "$s/block"'; do
+    'mv -f "$s/block" "$s/block.xen-stock"' 'mv -f "$s/block.xen-stock" "$s/block"' \
+    'preuninstall scriptlet' 'systemctl --no-reload preset xen-block-hotplug-cleanup.timer' \
+    'systemctl --no-reload disable --now xen-block-hotplug-cleanup.timer'; do
     grep -qF -- "$want" <<<"$rpm_scripts" || fail "rpm: scripts lack: $want"
 done
 # rpm 4.8 (Oracle VM 3.4's dom0) reads gzip payloads, not zstd.

@@ -11,6 +11,17 @@
 #      lands at block.xen-stock, ours stays;
 #   5. remove ours: the stock script is back at block byte for byte, no
 #      diversion; purge the stand-in.
+#   5b. upgrade from the layout of 0.1.0-1 before the recogniser (the link
+#      shipped as a file of the package, diverted unconditionally): dpkg
+#      drops the link as an obsolete file, the postinst makes it again;
+#      one diversion, the stock script kept; remove gives it back.
+#   6. a foreign block, a site's own script (no package's) and then a
+#      vendor's variant (the stand-in's): installing ours leaves it byte for
+#      byte and diverts nothing, says so on the terminal, installs the
+#      binary; removing ours leaves the script alone.
+# Throughout, the cleanup timer: enabled (its timers.target.wants link, made
+# by deb-systemd-helper whether or not systemd runs) after each install and
+# upgrade, gone after the remove.
 # Skips a host that has anything at /etc/xen/scripts/block (a real dom0 is
 # not a test bed), fails on one where either package is known to dpkg (a
 # leftover), and leaves no package, no diversion and no file behind, even
@@ -57,6 +68,8 @@ done
 if [ -e "$script" ] || [ -L "$script" ] || [ -e "$stock_copy" ]; then
     skip "$script or $stock_copy exists on this host (a Xen install?); not touching it"
 fi
+timer_link=/etc/systemd/system/timers.target.wants/xen-block-hotplug-cleanup.timer
+[ -e "$timer_link" ] || [ -L "$timer_link" ] && fail "$timer_link exists on this host (a leftover?)"
 [ -n "$(dpkg-divert --list "$script")" ] && fail "$script is diverted on this host: $(dpkg-divert --list "$script")"
 
 # Directories this test may create, so cleanup removes only those.
@@ -89,6 +102,9 @@ cleanup() {
         dpkg-divert --package "$ours_pkg" --rename --divert "$stock_copy" --remove "$script" >/dev/null
     fi
     rm -f "$stock_copy" "$script" "$script.dpkg-new" "$script.dpkg-old" "$script.dpkg-dist"
+    case $(readlink "$timer_link") in
+    */lib/systemd/system/xen-block-hotplug-cleanup.timer) rm -f "$timer_link" ;;
+    esac
     for d in "${new_dirs[@]}"; do
         rmdir "$d" 2>/dev/null
     done
@@ -147,8 +163,18 @@ check_ours_in_place() {
     [ "$(diversions)" = 1 ] || fail "$what: $(diversions) diversions: $(dpkg-divert --list "$script")"
     dpkg-divert --list "$script" | grep -q "to $stock_copy by $ours_pkg" ||
         fail "$what: unexpected diversion: $(dpkg-divert --list "$script")"
-    echo "deb-cycle: $what: ok ($v; stock at $stock_copy; one diversion)"
+    # deb-systemd-helper links to /lib/... or /usr/lib/... (merged /usr).
+    [ "$(readlink -f "$timer_link")" = "$(readlink -f /usr/lib/systemd/system/xen-block-hotplug-cleanup.timer)" ] ||
+        fail "$what: the cleanup timer is not enabled ($timer_link: $(ls -l "$timer_link" 2>&1))"
+    echo "deb-cycle: $what: ok ($v; stock at $stock_copy; one diversion; timer enabled$timer_note)"
 }
+# This host's PID 1 is not systemd: the postinst enables the timer (the
+# link) but cannot start it; on a systemd host it also starts it.
+if [ -d /run/systemd/system ]; then
+    timer_note=", systemd running"
+else
+    timer_note=", not started: PID 1 is $(ps -o comm= -p 1 2>/dev/null || echo unknown)"
+fi
 
 # 1.
 dpkg_retry -i "$standin_1"
@@ -175,6 +201,65 @@ cmp -s "$script" "$stock" || fail "remove: $script is not the stock script byte 
 [ -x "$script" ] || fail "remove: $script lost its execute bit"
 [ ! -e "$stock_copy" ] || fail "remove: $stock_copy left behind"
 [ "$(diversions)" = 0 ] || fail "remove: diversion left: $(dpkg-divert --list "$script")"
-echo "deb-cycle: remove: ok (stock script back byte for byte, no diversion)"
+[ ! -e "$timer_link" ] && [ ! -L "$timer_link" ] || fail "remove: the cleanup timer is still enabled: $(ls -l "$timer_link")"
+[ ! -e /usr/lib/systemd/system/xen-block-hotplug-cleanup.timer ] || fail "remove: the timer unit is left"
+echo "deb-cycle: remove: ok (stock script back byte for byte, no diversion, timer disabled and gone)"
 dpkg_retry --purge "$ours_pkg" "$standin_pkg"
 [ ! -e "$script" ] || fail "purge of the stand-in left $script"
+
+# 5b. The earlier layout, rebuilt from ours: the link in the package, the
+# earlier preinst/postrm (divert always; give back on remove), no postinst.
+dpkg-deb -R "$deb" "$work/ours-old"
+sed -i "s/^Version: .*/Version: ${ver%-*}-0/" "$work/ours-old/DEBIAN/control"
+rm -f "$work/ours-old/DEBIAN/postinst" "$work/ours-old/DEBIAN/prerm"
+mkdir -p "$work/ours-old/etc/xen/scripts"
+ln -s /usr/sbin/xen-block-hotplug "$work/ours-old/etc/xen/scripts/block"
+printf '#!/bin/sh\nset -e\ncase "$1" in install|upgrade) dpkg-divert --package %s --rename --divert %s --add %s >/dev/null ;; esac\nexit 0\n' \
+    "$ours_pkg" "$stock_copy" "$script" >"$work/ours-old/DEBIAN/preinst"
+printf '#!/bin/sh\nset -e\ncase "$1" in remove|abort-install|disappear) dpkg-divert --package %s --rename --divert %s --remove %s >/dev/null ;; esac\nexit 0\n' \
+    "$ours_pkg" "$stock_copy" "$script" >"$work/ours-old/DEBIAN/postrm"
+chmod 0755 "$work/ours-old/DEBIAN/preinst" "$work/ours-old/DEBIAN/postrm"
+dpkg-deb --root-owner-group -Zxz --build "$work/ours-old" "$work/ours-old.deb" >/dev/null
+dpkg_retry -i "$standin_2"
+dpkg_retry -i "$work/ours-old.deb"
+[ "$(readlink "$script")" = /usr/sbin/xen-block-hotplug ] || fail "the earlier layout did not install"
+dpkg_retry -i "$deb"
+check_ours_in_place "upgrade from the earlier layout (${ver%-*}-0)" "$stock"
+dpkg_retry -r "$ours_pkg"
+cmp -s "$script" "$stock" || fail "remove after the layout upgrade: $script is not the stock script"
+[ "$(diversions)" = 0 ] || fail "remove after the layout upgrade: diversion left"
+echo "deb-cycle: remove after the layout upgrade: ok (stock script back byte for byte)"
+dpkg_retry --purge "$ours_pkg" "$standin_pkg"
+
+# 6.
+printf '#!/bin/sh\n# site SAN wrapper\nexec /usr/local/sbin/san-block "$@"\n' >"$work/site-block"
+sed 's/write_dev/vendor_write_node/g' "$stock" >"$work/vendor-block"
+standin_vendor=$(standin 3 "$work/vendor-block")
+for foreign in site vendor; do
+    if [ $foreign = site ]; then
+        mkdir -p /etc/xen/scripts
+        install -m 0755 "$work/site-block" "$script"
+    else
+        dpkg_retry -i "$standin_vendor"
+    fi
+    dpkg_retry -i "$deb"
+    cmp -s "$script" "$work/$foreign-block" || fail "$foreign: $script changed by the install"
+    [ ! -L "$script" ] || fail "$foreign: $script became a link"
+    [ "$(diversions)" = 0 ] || fail "$foreign: diverted: $(dpkg-divert --list "$script")"
+    [ ! -e "$stock_copy" ] || fail "$foreign: $stock_copy appeared"
+    /usr/sbin/xen-block-hotplug --version >/dev/null || fail "$foreign: the binary is not installed"
+    grep -qF "xen-block-hotplug: $script is a file that is not Xen's stock script" "$work/dpkg.log" ||
+        fail "$foreign: the install did not say what it found: $(cat "$work/dpkg.log")"
+    grep -qF "ln -s /usr/sbin/xen-block-hotplug $script" "$work/dpkg.log" ||
+        fail "$foreign: the install did not say how to switch"
+    dpkg_retry -r "$ours_pkg"
+    cmp -s "$script" "$work/$foreign-block" || fail "$foreign: $script changed by the remove"
+    [ "$(diversions)" = 0 ] || fail "$foreign: diversion after remove"
+    echo "deb-cycle: a $foreign's own block: left byte for byte by install and remove, binary installed, admin told"
+    dpkg_retry --purge "$ours_pkg"
+    if [ $foreign = site ]; then
+        rm -f "$script"
+    else
+        dpkg_retry --purge "$standin_pkg"
+    fi
+done

@@ -10,6 +10,9 @@
 #      ours, update the stand-in (the trigger puts ours back and keeps the
 #      new stock script), erase ours (the stock script is back byte for
 #      byte, nothing left over).
+#   C. A foreign block, the Xen package's own variant or a site's own
+#      script: installing ours leaves it byte for byte, moves nothing,
+#      says so, installs the binary; erasing ours leaves it alone.
 #   B. Ours first: install ours on a host without Xen (nothing happens),
 #      install the stand-in (the trigger swaps ours in), erase the stand-in
 #      (nothing of it left), erase ours.
@@ -81,25 +84,26 @@ EOF
     build_rpm "$name" "$version" 1 "$work/standin-src-$name-$version"
 }
 
-# Ours again with release 99: the same files, a genuine upgrade.
+# Ours again with release 99: the same files, a genuine upgrade, from the
+# sources build.sh gave rpmbuild (checked to be the ones in OUR.rpm).
+sources="$root/target/packages/work/rpmbuild/SOURCES"
+[ -f "$sources/xen-block-hotplug" ] || fail "$sources missing: run packaging/build.sh"
 mkdir -p "$work/ours-files"
 (cd "$work/ours-files" && rpm2cpio "$ours" | cpio -idm --quiet)
+cmp -s "$sources/xen-block-hotplug" "$work/ours-files/usr/sbin/xen-block-hotplug" ||
+    fail "$sources is not what $ours was built from: run packaging/build.sh"
 ours_version=$(rpm -qp --qf '%{VERSION}' "$ours")
-sed -e "s|^Source[0-9]*:.*||" \
-    -e "s|%{SOURCE0}|$work/ours-files/usr/sbin/xen-block-hotplug|" \
-    -e "s|%{SOURCE1}|$work/ours-files/usr/share/man/man8/xen-block-hotplug.8.gz|" \
-    -e "s|%{SOURCE2}|$work/ours-files/usr/share/doc/xen-block-hotplug/README.md|" \
-    -e "s|%{SOURCE3}|$work/ours-files/usr/share/xen-block-hotplug/udev/65-xen-block-hotplug.rules|" \
-    packaging/rpm/xen-block-hotplug.spec >"$work/xen-block-hotplug.spec"
 ours_99=$(rpmbuild --quiet -bb --target x86_64 --define "_topdir $work/build-ours-99" \
+    --define "_sourcedir $sources" \
     --define "pkg_version $ours_version" --define "pkg_release 99" \
-    "$work/xen-block-hotplug.spec" >/dev/null && ls "$work"/build-ours-99/RPMS/x86_64/*.rpm)
+    "$root/target/packages/work/xen-block-hotplug.spec" >/dev/null &&
+    ls "$work"/build-ours-99/RPMS/x86_64/*.rpm)
 
 # A fresh tree with what the scriptlets run.
 new_root() {
     local r=$1 tool lib
     mkdir -p "$r/bin" "$r/usr/bin" "$r/tmp"
-    for tool in sh dash mv ln rm readlink; do
+    for tool in sh dash mv ln rm readlink grep cat tr cut head mkdir; do
         cp -L "$(command -v $tool)" "$r/bin/$tool"
         cp -L "$(command -v $tool)" "$r/usr/bin/$tool"
         for lib in $(ldd "$(command -v $tool)" | grep -o '/[^ ]*'); do
@@ -107,8 +111,16 @@ new_root() {
             cp -L "$lib" "$r$lib"
         done
     done
+    # Scriptlets send systemctl's chatter to /dev/null, as on any host.
+    mkdir -p "$r/dev"
+    mknod -m 0666 "$r/dev/null" c 1 3
+    # systemctl as the scriptlets find it on a systemd host, minus systemd:
+    # it notes what it was asked.
+    printf '#!/bin/sh\necho "$*" >>/systemctl.log\n' >"$r/usr/bin/systemctl"
+    chmod +x "$r/usr/bin/systemctl"
     rpm --root "$r" --initdb
 }
+systemctl_log() { cat "$R/systemctl.log" 2>/dev/null || true; }
 r_rpm() {
     rpm --root "$R" --nodeps "$@" 2>"$work/rpm.err" || { cat "$work/rpm.err" >&2; return 1; }
     # rpm reports a failed scriptlet on stderr without failing the
@@ -140,6 +152,8 @@ check_no_leftovers() {
 
 cp "$stock" "$work/stock-1"
 printf '# stand-in 1\n' >>"$work/stock-1"
+printf '#!/bin/sh\n# site SAN wrapper\nexec /usr/local/sbin/san-block "$@"\n' >"$work/site-block"
+sed 's/write_dev/vendor_write_node/g' "$stock" >"$work/vendor-block"
 
 for flavour in "xen-runtime:%config(noreplace)" "xen:%config" "xen-tools:"; do
     name=${flavour%%:*}
@@ -154,8 +168,16 @@ for flavour in "xen-runtime:%config(noreplace)" "xen:%config" "xen-tools:"; do
     cmp -s "$(s block)" "$work/stock-1" || fail "the stand-in did not install the stock script"
     r_rpm -i "$ours"
     check_ours_in_place "install" "$work/stock-1"
+    # The timer: installed, enabled only as a preset says (%%systemd_post).
+    for f in usr/lib/systemd/system/xen-block-hotplug-cleanup.service \
+        usr/lib/systemd/system/xen-block-hotplug-cleanup.timer etc/cron.d/xen-block-hotplug; do
+        [ -f "$R/$f" ] || fail "install: /$f missing"
+    done
+    [ "$(systemctl_log)" = "--no-reload preset xen-block-hotplug-cleanup.timer" ] ||
+        fail "install: systemctl was asked '$(systemctl_log)', not to preset the timer"
     r_rpm -U "$ours_99"
     check_ours_in_place "upgrade to release 99" "$work/stock-1"
+    [ "$(systemctl_log | grep -c .)" = 1 ] || fail "upgrade: systemctl was asked again: $(systemctl_log)"
     r_rpm -U "$s2"
     check_ours_in_place "update of $name" "$stock"
     r_rpm -e xen-block-hotplug
@@ -164,7 +186,41 @@ for flavour in "xen-runtime:%config(noreplace)" "xen:%config" "xen-tools:"; do
     [ -x "$(s block)" ] || fail "erase: block lost its execute bit"
     [ ! -e "$(s block.xen-stock)" ] || fail "erase: block.xen-stock left over"
     check_no_leftovers "erase"
-    echo "rpm-cycle: $flavour: erase: ok (stock script back byte for byte)"
+    systemctl_log | grep -qx -- "--no-reload disable --now xen-block-hotplug-cleanup.timer" ||
+        fail "erase: the timer was not disabled: $(systemctl_log)"
+    for f in usr/lib/systemd/system/xen-block-hotplug-cleanup.timer etc/cron.d/xen-block-hotplug; do
+        [ ! -e "$R/$f" ] || fail "erase: /$f left"
+    done
+    echo "rpm-cycle: $flavour: erase: ok (stock script back byte for byte; timer disabled, units and cron gone)"
+
+    # C. A foreign block: the vendor's variant (the stand-in's), then a
+    # site's own script that no package owns.
+    for foreign in vendor site; do
+        R="$work/root-$name-c-$foreign"
+        new_root "$R"
+        if [ $foreign = vendor ]; then
+            r_rpm -i "$(standin "$name" 3 "$attr" "$work/vendor-block")"
+        else
+            mkdir -p "$R/etc/xen/scripts"
+            install -m 0755 "$work/site-block" "$(s block)"
+        fi
+        r_rpm -i "$ours"
+        cmp -s "$(s block)" "$work/$foreign-block" || fail "$foreign: block changed by the install"
+        [ ! -L "$(s block)" ] || fail "$foreign: block became a link"
+        [ ! -e "$(s block.xen-stock)" ] || fail "$foreign: block.xen-stock appeared"
+        chroot "$R" /usr/sbin/xen-block-hotplug --version >/dev/null || fail "$foreign: the binary is not installed"
+        grep -qF "xen-block-hotplug: /etc/xen/scripts/block is a file that is not Xen's stock script" "$work/rpm.err" ||
+            fail "$foreign: the install did not say what it found: $(cat "$work/rpm.err")"
+        grep -qF "ln -s /usr/sbin/xen-block-hotplug /etc/xen/scripts/block" "$work/rpm.err" ||
+            fail "$foreign: the install did not say how to switch"
+        told=$(grep -c "is a file that is not Xen's stock script" "$work/rpm.err" || true)
+        [ "$told" = 1 ] || fail "$foreign: the install said it $told times"
+        [ ! -e "$R/var/lib/rpm-state/xen-block-hotplug" ] || fail "$foreign: rpm-state left behind"
+        r_rpm -e xen-block-hotplug
+        cmp -s "$(s block)" "$work/$foreign-block" || fail "$foreign: block changed by the erase"
+        check_no_leftovers "$foreign: erase"
+        echo "rpm-cycle: $flavour: a $foreign's own block: left byte for byte by install and erase, binary installed, admin told"
+    done
 
     # B. Ours first.
     R="$work/root-$name-b"
