@@ -15,7 +15,6 @@ use common::{can_loop, Bed};
 use nix::sys::socket::{
     bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
 };
-use xen_block_hotplug::sim::Simulator;
 use xen_block_hotplug::store::{Request, Store};
 use xenstore_rs::Xs;
 
@@ -125,15 +124,15 @@ fn our_client_and_xenstore_rs_read_back_each_others_writes() {
 /// client: a SOCK_SEQPACKET pair (one packet is one write()); the peer
 /// refuses (closes the connection) on any packet that is not exactly one
 /// whole message or is longer than 4096 + 16 bytes, and has every request
-/// answered by the simulator over its socket, one reply per packet.
+/// answered by the bed's store over its socket, one reply per packet.
 struct XenbusStandIn {
     client: Option<std::fs::File>,
     peer: std::thread::JoinHandle<Result<usize, String>>,
-    _sim: Simulator,
+    _sim: TestStore,
 }
 
 impl XenbusStandIn {
-    fn start(sim: Simulator) -> XenbusStandIn {
+    fn start(sim: TestStore) -> XenbusStandIn {
         use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
         use std::io::{Read, Write};
         use xen_block_hotplug::store::wire::{Header, Message, HEADER_LEN, PAYLOAD_MAX};
@@ -191,7 +190,7 @@ impl XenbusStandIn {
 
 #[test]
 fn the_xenbus_device_gets_one_whole_message_per_write() {
-    let sim = Simulator::start_temp().expect("simulator");
+    let sim = TestStore::start();
     for i in 0..300 {
         sim.write(
             &format!("backend/vbd/7/{i}/physical-device"),
