@@ -156,6 +156,8 @@ pub fn run(opts: &Options, store: &Store) -> Result<Vec<Finding>> {
             opts.lock_path.display()
         )
     })?;
+    // Refused before anything is judged: records decide what is ours.
+    crate::records::dir()?;
     let mut findings = Vec::new();
     for (st, key) in ours(store)? {
         let n = st.number;

@@ -1,5 +1,6 @@
 //! The files the binary makes as root, where others can plant links or
-//! directories: selftest's scratch directory under /tmp.
+//! directories: selftest's scratch directory under /tmp, and the records
+//! directory that decides what `cleanup` and `remove` detach.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{can_loop, BIN};
+use common::{can_loop, Bed, BIN};
 use xen_block_hotplug::loopdev;
 
 /// An unprivileged user's uid (nobody).
@@ -95,4 +96,127 @@ fn selftest_never_writes_through_links_a_user_planted_in_tmp() {
         .map(|e| e.file_name())
         .collect();
     assert!(left.is_empty(), "selftest left {left:?}");
+}
+
+/// How a records directory can be made untrustworthy.
+fn spoil(how: &str, dir: &Path, bed: &Bed) {
+    match how {
+        "owned by a user" => {
+            std::fs::create_dir(dir).unwrap();
+            lchown(dir, NOBODY);
+        }
+        "world-writable" => {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        "group-writable" => {
+            std::fs::create_dir(dir).unwrap();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o775)).unwrap();
+        }
+        "a symbolic link" => {
+            let real = bed.dir.join("real-records");
+            std::fs::create_dir(&real).unwrap();
+            std::os::unix::fs::symlink(&real, dir).unwrap();
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn add_and_cleanup_refuse_a_records_directory_others_can_write() {
+    if !can_loop("add_and_cleanup_refuse_a_records_directory_others_can_write") {
+        return;
+    }
+    for (i, how) in [
+        "owned by a user",
+        "world-writable",
+        "group-writable",
+        "a symbolic link",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bed = Bed::new("records-refused");
+        let records = bed.dir.join("records");
+        spoil(how, &records, &bed);
+        let img = bed.image("disk.img", 4);
+        let b = bed.backend(10 + i as u32, 51712, "file", img.to_str().unwrap(), "w");
+        let out = bed
+            .command(&b)
+            .env("XEN_BLOCK_HOTPLUG_RECORDS", &records)
+            .arg("add")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{how}");
+        let err = bed.node(&b, "hotplug-error").unwrap_or_default();
+        assert!(
+            err.contains("records directory") && err.contains(records.to_str().unwrap()),
+            "{how}: {err}"
+        );
+        assert!(bed.loops_of(&img).is_empty(), "{how}: attached anyway");
+
+        let out = bed
+            .command("")
+            .env_remove("XENBUS_PATH")
+            .env("XEN_BLOCK_HOTPLUG_RECORDS", &records)
+            .arg("cleanup")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{how}: {stderr}");
+        assert!(
+            stderr.contains("records directory") && stderr.contains("refused"),
+            "{how}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_records_directory_is_made_root_only_but_never_its_parent() {
+    if !can_loop("a_missing_records_directory_is_made_root_only_but_never_its_parent") {
+        return;
+    }
+    let bed = Bed::new("records-made");
+    let img = bed.image("disk.img", 4);
+    // Its parent does not exist: nothing is created, the add fails.
+    let deep = bed.dir.join("var/run/xen-block-hotplug");
+    let b = bed.backend(20, 51712, "file", img.to_str().unwrap(), "w");
+    let out = bed
+        .command(&b)
+        .env("XEN_BLOCK_HOTPLUG_RECORDS", &deep)
+        .arg("add")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!bed.dir.join("var").exists());
+    assert!(bed.loops_of(&img).is_empty());
+
+    let records = bed.dir.join("records");
+    let b = bed.backend(21, 51712, "file", img.to_str().unwrap(), "w");
+    let out = bed
+        .command(&b)
+        .env("XEN_BLOCK_HOTPLUG_RECORDS", &records)
+        .arg("add")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = std::fs::symlink_metadata(&records).unwrap();
+    assert!(m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0);
+    for e in std::fs::read_dir(&records).unwrap() {
+        let f = std::fs::symlink_metadata(e.unwrap().path()).unwrap();
+        assert!(f.is_file() && f.mode() & 0o022 == 0, "{:o}", f.mode());
+    }
+    let out = bed
+        .command(&b)
+        .env("XEN_BLOCK_HOTPLUG_RECORDS", &records)
+        .arg("remove")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(bed.loops_of(&img).is_empty());
 }
