@@ -805,8 +805,8 @@ fn remove_record(number: u32, diskseq: Option<u64>, id: &str) -> io::Result<()> 
     }
 }
 
-/// Status of every bound loop device.
-pub fn all_bound() -> io::Result<Vec<LoopStatus>> {
+/// Every bound loop device, each held open (see `LoopDevice`).
+pub fn bound_devices() -> io::Result<Vec<LoopDevice>> {
     let mut bound = Vec::new();
     for entry in fs::read_dir("/sys/block")? {
         let entry = entry?;
@@ -818,12 +818,17 @@ pub fn all_bound() -> io::Result<Vec<LoopStatus>> {
             continue;
         }
         // A device detached meanwhile gives None and is skipped.
-        if let Some(s) = status(number)? {
-            bound.push(s);
+        if let Some(d) = LoopDevice::open(number)? {
+            bound.push(d);
         }
     }
-    bound.sort_by_key(|s| s.number);
+    bound.sort_by_key(|d| d.number);
     Ok(bound)
+}
+
+/// Status of every bound loop device.
+pub fn all_bound() -> io::Result<Vec<LoopStatus>> {
+    Ok(bound_devices()?.iter().map(LoopDevice::status).collect())
 }
 
 /// Bound loop devices whose backing file is (dev, ino).
@@ -1210,6 +1215,29 @@ mod tests {
         assert!(!describes(&pending, &b(None, ours)));
         assert_eq!(parse_record("", false), None);
         assert_eq!(parse_record("garbage\n", false), None);
+    }
+
+    #[test]
+    fn a_binding_made_after_a_device_was_judged_is_never_the_one_detached() {
+        let dir = TempDir::new();
+        let (a_path, a) = dir.image("a.img", true);
+        let (b_path, b) = dir.image("b.img", true);
+        let n = attach(&a, &a_path, false, "xbh:judged").unwrap().keep();
+        let guard = DetachOnDrop(n);
+        // remove (or cleanup) judges the device through its handle...
+        let judged = LoopDevice::open(n).unwrap().unwrap();
+        assert_eq!(judged.status().tag, "xbh:judged");
+        // ...meanwhile someone detaches it behind our back and an add
+        // attaches another image: while the handle is open, the number is
+        // not free, so the new binding gets another device.
+        detach(n).unwrap();
+        let other = attach(&b, &b_path, false, "").unwrap();
+        assert_ne!(other.number(), n);
+        judged.detach().unwrap();
+        // Detached: the number may be anyone's from now on.
+        std::mem::forget(guard);
+        wait_unused(&a_path);
+        assert_eq!(users(&b_path), vec![other.number()]);
     }
 
     #[test]

@@ -234,16 +234,19 @@ pub fn remove(job: &Job, inputs: &Inputs) -> Result<()> {
         .and_then(|p| std::fs::metadata(p).ok())
         .map(|m| (m.dev(), m.ino()));
     let _lock = job.lock()?;
-    let Some(st) = loopdev::status(n).with_context(|| format!("examining {node}"))? else {
+    // One descriptor for the judgement and the detach: the binding judged
+    // is the binding detached (see loopdev::LoopDevice).
+    let Some(dev) = loopdev::LoopDevice::open(n).with_context(|| format!("examining {node}"))?
+    else {
         log::info!("{node} is already free");
         return Ok(());
     };
-    let current = loopdev::diskseq(n).with_context(|| format!("examining {node}"))?;
+    let st = dev.status();
     match decide(
         &st,
         &tag(&inv.key),
         inputs.recorded_diskseq(),
-        current,
+        dev.diskseq(),
         image,
     ) {
         Decision::Leave(why) => {
@@ -255,7 +258,7 @@ pub fn remove(job: &Job, inputs: &Inputs) -> Result<()> {
             Ok(())
         }
         Decision::Detach => {
-            loopdev::detach(n).with_context(|| format!("detaching {node}"))?;
+            dev.detach().with_context(|| format!("detaching {node}"))?;
             log::info!("detached {node} ({})", st.backing_file);
             Ok(())
         }
