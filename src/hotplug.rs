@@ -97,6 +97,10 @@ fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
 }
 
 fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
+    if *inputs == Inputs::default() {
+        // The backend directory was deleted before remove ran.
+        return kind::file::remove_gone(job, store);
+    }
     let ty = inputs.ty.as_deref().unwrap_or("");
     if !matches!(ty, "" | "phy" | "file") {
         let t = kind::classify(ty, "", Mode::ReadOnly, &job.inv.script_dir)?;

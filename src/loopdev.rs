@@ -664,6 +664,30 @@ impl LoopDevice {
     }
 }
 
+/// The bound devices whose current binding has a record (final or pending)
+/// with `tag` for `store`, each held open: what `remove` detaches when the
+/// backend directory is already gone and names no device.
+pub fn recorded_for(tag: &str, store: &str) -> io::Result<Vec<LoopDevice>> {
+    let mut numbers: Vec<u32> = fs::read_dir(records::dir()?)?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name();
+            let rest = name.to_str()?.strip_prefix("loop")?;
+            rest.split('.').next()?.parse().ok()
+        })
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let mut found = Vec::new();
+    for n in numbers {
+        if let Some(d) = LoopDevice::open(n)? {
+            if d.record().is_some_and(|r| r.tag == tag && r.store == store) {
+                found.push(d);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Status of /dev/loopN; Ok(None) when it is not bound to a file or does not exist.
 pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
     Ok(LoopDevice::open(number)?.map(|d| d.status()))

@@ -265,6 +265,46 @@ pub fn remove(job: &Job, inputs: &Inputs) -> Result<()> {
     }
 }
 
+/// `remove` when the backend directory is gone already (a forced destroy,
+/// libvirt, a driver domain deleted it first): no `type`, `node` or
+/// `params` say what the disk was, but our records name the backend (its
+/// tag) and the store, so the device recorded for it is found and, being
+/// this binding's own (same image, diskseq and id: the record describes
+/// it) and not an add still running, detached. A phy disk has nothing to
+/// undo, and a block-TYPE helper's cannot be undone without its nodes;
+/// the log says so.
+pub fn remove_gone(job: &Job, store: &Store) -> Result<()> {
+    let inv = &job.inv;
+    let tag = tag(&inv.key);
+    log::info!(
+        "backend {} is gone, so its type is unknown: detaching the loop device recorded for it, if any (a phy disk has nothing to undo; a block-TYPE helper's disk is left to its helper)",
+        inv.backend
+    );
+    if tag.len() >= 63 {
+        log::warn!("its tag is cut short in the kernel, so no device is detached");
+        return Ok(());
+    }
+    let _lock = job.lock()?;
+    let devices = loopdev::recorded_for(&tag, store.identity())
+        .context("finding the loop devices recorded for it")?;
+    if devices.is_empty() {
+        log::info!("no loop device is recorded for it: nothing to detach");
+    }
+    for dev in devices {
+        let node = format!("/dev/loop{}", dev.number());
+        let st = dev.status();
+        if dev.record().is_some_and(|r| r.owner_alive()) {
+            log::warn!("not detaching {node}: the add that attached it is still running");
+        } else if job.dry_run {
+            println!("would detach {node} ({})", st.backing_file);
+        } else {
+            dev.detach().with_context(|| format!("detaching {node}"))?;
+            log::info!("detached {node} ({}), recorded for it", st.backing_file);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
