@@ -81,6 +81,7 @@ pub struct Finding {
 fn ours(store: &Store) -> Result<Vec<(LoopDevice, LoopStatus, String)>> {
     let mut found = Vec::new();
     for dev in loopdev::bound_devices().context("listing loop devices")? {
+        let dev = dev.context("examining a loop device")?;
         let st = dev.status();
         let Some(key) = st.tag.strip_prefix(TAG_PREFIX) else {
             continue;

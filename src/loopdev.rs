@@ -829,8 +829,9 @@ fn remove_record(number: u32, diskseq: Option<u64>, id: &str) -> io::Result<()> 
     }
 }
 
-/// Every bound loop device, each held open (see `LoopDevice`).
-pub fn bound_devices() -> io::Result<Vec<LoopDevice>> {
+/// The numbers of the loop devices bound now (sysfs; each may be detached
+/// by the time it is opened).
+fn bound_numbers() -> io::Result<Vec<u32>> {
     let mut bound = Vec::new();
     for entry in fs::read_dir("/sys/block")? {
         let entry = entry?;
@@ -838,21 +839,32 @@ pub fn bound_devices() -> io::Result<Vec<LoopDevice>> {
             continue;
         };
         // The `loop` directory exists only while a file is bound.
-        if !entry.path().join("loop").exists() {
-            continue;
-        }
-        // A device detached meanwhile gives None and is skipped.
-        if let Some(d) = LoopDevice::open(number)? {
-            bound.push(d);
+        if entry.path().join("loop").exists() {
+            bound.push(number);
         }
     }
-    bound.sort_by_key(|d| d.number);
+    bound.sort_unstable();
     Ok(bound)
+}
+
+/// Every bound loop device, opened one at a time as the caller takes it.
+/// A caller keeps open only the devices it will act on: a scan that held
+/// every device open would keep any detach requested meanwhile (which
+/// waits for the last opener) from happening while scans overlap.
+pub fn bound_devices() -> io::Result<impl Iterator<Item = io::Result<LoopDevice>>> {
+    Ok(bound_numbers()?
+        .into_iter()
+        // A device detached meanwhile gives None and is skipped.
+        .filter_map(|n| LoopDevice::open(n).transpose()))
 }
 
 /// Status of every bound loop device.
 pub fn all_bound() -> io::Result<Vec<LoopStatus>> {
-    Ok(bound_devices()?.iter().map(LoopDevice::status).collect())
+    let mut all = Vec::new();
+    for d in bound_devices()? {
+        all.push(d?.status());
+    }
+    Ok(all)
 }
 
 /// Bound loop devices whose backing file is (dev, ino).
