@@ -48,8 +48,13 @@ impl Job {
             }
             return Ok(());
         }
-        out.write(store, &self.inv)
-            .inspect_err(|_| out.unwrite(store, &self.inv))?;
+        out.write(store, &self.inv).inspect_err(|e| {
+            // After a timeout the writes may still land; the removes would
+            // only queue behind them (and wait as long again).
+            if !outcome_unknown(e) {
+                out.unwrite(store, &self.inv)
+            }
+        })?;
         log::info!(
             "connected: physical-device {} ({})",
             out.physical_device,
@@ -57,6 +62,28 @@ impl Job {
         );
         Ok(())
     }
+}
+
+/// Whether a failed exchange with the store may still have taken effect:
+/// a timeout or a lost connection leaves the requests sent and their fate
+/// unknown (xenstored may apply them later), while an error answer
+/// (EACCES, ENOSPC, EAGAIN, ...) is a definite refusal.
+pub fn outcome_unknown(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::*;
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| {
+            matches!(
+                e.kind(),
+                TimedOut
+                    | UnexpectedEof
+                    | BrokenPipe
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | NotConnected
+                    | InvalidData
+            )
+        })
 }
 
 fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
@@ -140,4 +167,33 @@ pub fn execute(job: &Job, store: &Store) -> ExitCode {
         log::error!("{}", outcome::sentence(&e));
     }
     ExitCode::Failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_timeout_or_a_lost_connection_leaves_the_outcome_unknown() {
+        let cases = [
+            (ErrorKind::TimedOut, true),
+            (ErrorKind::UnexpectedEof, true),
+            (ErrorKind::BrokenPipe, true),
+            (ErrorKind::ConnectionReset, true),
+            // Replies out of step: the requests were sent.
+            (ErrorKind::InvalidData, true),
+            // xenstored's own answers: EACCES, ENOSPC, EAGAIN, EINVAL.
+            (ErrorKind::PermissionDenied, false),
+            (ErrorKind::OutOfMemory, false),
+            (ErrorKind::WouldBlock, false),
+            (ErrorKind::InvalidInput, false),
+            (ErrorKind::Other, false),
+        ];
+        for (kind, unknown) in cases {
+            let e = anyhow::Error::new(Error::new(kind, "x")).context("writing physical-device");
+            assert_eq!(outcome_unknown(&e), unknown, "{kind:?}");
+        }
+        assert!(!outcome_unknown(&anyhow!("a sentence")));
+    }
 }

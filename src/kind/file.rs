@@ -121,10 +121,24 @@ pub fn add(
         physical_device_path: dev_path,
         diskseq: attached.diskseq(),
     };
-    // On error `attached` is dropped here, which detaches it.
-    job.commit(store, &out)?;
-    attached.keep();
-    Ok(())
+    match job.commit(store, &out) {
+        Ok(()) => {
+            attached.keep();
+            Ok(())
+        }
+        // The physical-device write may still land and blkback open the
+        // device: detaching it now could hand the guest whatever binds the
+        // number next. Kept; `cleanup` detaches it if nothing names it.
+        Err(e) if crate::hotplug::outcome_unknown(&e) => {
+            let n = attached.keep();
+            log::warn!(
+                "kept /dev/loop{n}: whether physical-device reached xenstore is unknown; cleanup detaches it unless the backend names it"
+            );
+            Err(e)
+        }
+        // A definite refusal: `attached` is dropped here, which detaches it.
+        Err(e) => Err(e),
+    }
 }
 
 /// Refuses (Busy) when the image's other loop devices are in a use that
