@@ -356,27 +356,70 @@ fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<
         id: id.clone(),
     };
     let this_boot = |t: &str| records::written_text(t) == records::Written::ThisBoot;
-    // Kernels without diskseq: only our own bindings (with an id) have a record.
+    // Kernels without diskseq: only our own bindings (with an id) have a
+    // final record.
     let name = match (diskseq, &id) {
-        (Some(_), _) => record_name(number, diskseq, ""),
-        (None, Some(id)) => record_name(number, None, id),
-        (None, None) => return None,
+        (Some(_), _) => Some(record_name(number, diskseq, "")),
+        (None, Some(id)) => Some(record_name(number, None, id)),
+        (None, None) => None,
     };
     let dir = records::dir().ok()?;
-    let fin = fs::read_to_string(dir.join(name))
-        .ok()
+    let fin = name
+        .and_then(|name| fs::read_to_string(dir.join(name)).ok())
         .filter(|t| this_boot(t))
         .and_then(|t| parse_record(&t, false))
         .filter(|r| describes(r, &binding));
     if let Some(r) = fin {
         return Some(r.record);
     }
-    // No final record of this binding: the pending one its name points to.
-    let text = fs::read_to_string(pending_of(info, number)?).ok()?;
+    // No final record of this binding: the pending one its name points to,
+    // or, for a binding without a name, the one its killed attach left.
+    let text = match pending_of(info, number) {
+        Some(p) => fs::read_to_string(p).ok()?,
+        None => unnamed_pending(number, info)?.1,
+    };
     this_boot(&text)
         .then(|| parse_record(&text, true))
         .flatten()
         .map(|r| r.record)
+}
+
+/// Kernels before 5.8 bind in two calls, LOOP_SET_FD and then
+/// LOOP_SET_STATUS64, and only the second gives the binding its
+/// `xbh-pending:ID` name: an add killed in between (a toolstack's or
+/// udev's timeout) leaves a binding with an empty lo_file_name. Such a
+/// binding is ours when a pending record for its number, written in this
+/// boot by a process that has died, names its image (`image DEV INO`): the
+/// attach that wrote it bound exactly that image there and died before
+/// naming it. Anyone else's binding has a name (losetup and mount give
+/// the path) or a living owner. Returns that record's path and text.
+fn unnamed_pending(number: u32, info: &loop_info64) -> Option<(PathBuf, String)> {
+    if info.lo_file_name.first() != Some(&0) {
+        return None;
+    }
+    let image = format!("{} {}", info.lo_device, info.lo_inode);
+    let prefix = format!("loop{number}.");
+    for e in fs::read_dir(records::dir().ok()?).ok()?.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if !(name.starts_with(&prefix) && name.ends_with(".pending")) {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        if records::written_text(&text) == records::Written::ThisBoot
+            && !owner_alive(&text)
+            && text
+                .lines()
+                .any(|l| l.strip_prefix("image ") == Some(&image))
+        {
+            return Some((e.path(), text));
+        }
+    }
+    None
 }
 
 /// NUL-padded copy of `s`, cut to 63 bytes so the last byte stays NUL.
@@ -455,6 +498,8 @@ fn attach_with(
     let mut info = loop_info64::ZERO;
     info.lo_crypt_name = name_field(tag.as_bytes());
     let tag = field_str(&info.lo_crypt_name);
+    let image_meta = image.metadata()?;
+    let image_line = format!("image {} {}\n", image_meta.dev(), image_meta.ino());
     // Never LO_FLAGS_AUTOCLEAR: blkback opens the device after we close ours.
     info.lo_flags = if read_only { LO_FLAGS_READ_ONLY } else { 0 };
     for _ in 0..ATTACH_ATTEMPTS {
@@ -487,7 +532,12 @@ fn attach_with(
             records::boot_line(),
             store_line(store)
         );
-        records::create_new(&pending, 0o644, format!("{tag}\n{common}").as_bytes())?;
+        // `image`: names the binding should the attach die before naming it.
+        records::create_new(
+            &pending,
+            0o644,
+            format!("{tag}\n{common}{image_line}").as_bytes(),
+        )?;
         let bound = if use_configure {
             let config = loop_config {
                 fd: image.as_raw_fd() as u32,
@@ -631,7 +681,8 @@ impl LoopDevice {
         let number = self.number;
         let seq = self.diskseq;
         let id = binding_id(&self.info);
-        let pending = pending_of(&self.info, number);
+        let pending = pending_of(&self.info, number)
+            .or_else(|| unnamed_pending(number, &self.info).map(|(p, _)| p));
         if seq.is_none() {
             // A record of an earlier version, one file per number: it
             // must go while we hold the device open (its binding cannot
@@ -763,10 +814,11 @@ pub fn prune_records() -> io::Result<usize> {
                     // Checked in this order: a dead owner can no longer bind, so
                     // a binding seen afterwards is all there will ever be.
                     !owner_alive(&text)
-                        && bound_info(number)
-                            .and_then(|i| pending_of(&i, number))
-                            .as_deref()
-                            != Some(entry.path().as_path())
+                        && bound_info(number).map_or(true, |i| {
+                            let named = pending_of(&i, number)
+                                .or_else(|| unnamed_pending(number, &i).map(|(p, _)| p));
+                            named.as_deref() != Some(entry.path().as_path())
+                        })
                 }
                 // `loopN.SEQ`, `loopN.ID` or (earlier versions) `loopN`: written
                 // after binding, so stale once no binding matches it.

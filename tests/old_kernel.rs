@@ -105,10 +105,6 @@ fn cleanup_4_1(bed: &Bed) -> Run {
 }
 
 #[test]
-#[ignore = "product defect on kernels before 5.8, waits for a fix in src/loopdev.rs \
-            (helper `records`): a binding made by LOOP_SET_FD whose process dies \
-            before LOOP_SET_STATUS64 carries no xbh-pending name, so its pending \
-            record matches nothing, is pruned, and the device leaks"]
 fn an_add_killed_between_set_fd_and_set_status_leaves_no_device_after_cleanup() {
     if !can_loop("an_add_killed_between_set_fd_and_set_status_leaves_no_device_after_cleanup") {
         return;
