@@ -24,7 +24,8 @@
 //! boot id (`/proc/sys/kernel/random/boot_id`) and one from another boot is
 //! never believed (`cleanup` deletes it and touches no device). A record
 //! without a boot id (written by an earlier version) is believed only when
-//! the directory is on a tmpfs or ramfs, which no reboot survives.
+//! the directory is on a tmpfs or ramfs, which no reboot survives; elsewhere
+//! it is neither believed nor pruned.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -347,6 +348,42 @@ mod tests {
         assert_eq!(m.mode() & 0o7777, 0o644 & !umask());
         assert_eq!(fs::read_to_string(&planted).unwrap(), "record\n");
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn records_of_a_distinct_run_directory_move_over_stamped_with_this_boot() {
+        if !Path::new("/dev/shm").is_dir() || !volatile(Path::new("/dev/shm")) {
+            eprintln!("SKIPPED: /dev/shm is not a tmpfs");
+            return;
+        }
+        let legacy = nix::unistd::mkdtemp("/dev/shm/xbh-legacy-XXXXXX").unwrap();
+        let to = nix::unistd::mkdtemp("/tmp/xbh-records-XXXXXX").unwrap();
+        fs::write(legacy.join("loop3.2a"), "1 2 42 xbh:backend/vbd/5/51712\n").unwrap();
+        fs::write(legacy.join(".loop4.99"), "half written").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", legacy.join("loop5.2b")).unwrap();
+        let dir = Dir {
+            path: to.clone(),
+            volatile: false,
+        };
+        migrate(&legacy, &dir);
+        let moved = fs::read_to_string(to.join("loop3.2a")).unwrap();
+        assert_eq!(
+            moved,
+            format!("1 2 42 xbh:backend/vbd/5/51712\n{}", boot_line())
+        );
+        assert!(!legacy.join("loop3.2a").exists());
+        // Neither a half-written record nor a link is taken.
+        assert!(legacy.join(".loop4.99").exists());
+        assert!(!to.join("loop5.2b").exists());
+        // The same directory twice: nothing moves.
+        let same = Dir {
+            path: legacy.clone(),
+            volatile: true,
+        };
+        migrate(&legacy, &same);
+        assert!(legacy.join(".loop4.99").exists());
+        fs::remove_dir_all(&legacy).unwrap();
+        fs::remove_dir_all(&to).unwrap();
     }
 
     fn umask() -> u32 {
