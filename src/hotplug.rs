@@ -126,7 +126,7 @@ fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
 fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
     if *inputs == Inputs::default() {
         // The backend directory was deleted before remove ran.
-        return kind::file::remove_gone(job, store);
+        return kind::file::remove_gone(job, store).map_err(|e| e.context(GoneAtRemove));
     }
     let ty = inputs.ty.as_deref().unwrap_or("");
     if !matches!(ty, "" | "phy" | "file") {
@@ -138,6 +138,20 @@ fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
     // Only a file backend has a `node`; phy and empty drives have nothing to undo.
     kind::file::remove(job, inputs)
 }
+
+/// Marks the failure of a remove whose backend directory was gone before
+/// it ran: nothing is written back, which would only bring a dead
+/// backend's directory back with two nodes in it.
+#[derive(Debug, Clone, Copy)]
+struct GoneAtRemove;
+
+impl std::fmt::Display for GoneAtRemove {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("its backend was already gone")
+    }
+}
+
+impl std::error::Error for GoneAtRemove {}
 
 /// Runs the job against `store`.
 pub fn run(job: &Job, store: &Store) -> Result<()> {
@@ -160,7 +174,7 @@ pub fn execute(job: &Job, store: &Store) -> ExitCode {
     let status = outcome::status_of(&err);
     let sentence = outcome::sentence(&err);
     log::error!("{} failed: {sentence}", job.inv.action.as_str());
-    if job.dry_run || outcome::nothing_to_write(&err) {
+    if job.dry_run || outcome::nothing_to_write(&err) || err.is::<GoneAtRemove>() {
         return ExitCode::Failure;
     }
     if let Err(e) = backend::write_failure(store, &job.inv, status, &sentence) {

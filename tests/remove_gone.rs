@@ -85,3 +85,31 @@ fn remove_of_a_gone_phy_backend_detaches_nothing() {
     );
     assert_eq!(bed.loops_of(&img).len(), 1, "the host's disk was detached");
 }
+
+#[test]
+fn a_failed_remove_of_a_gone_backend_does_not_bring_its_directory_back() {
+    if !can_loop("a_failed_remove_of_a_gone_backend_does_not_bring_its_directory_back") {
+        return;
+    }
+    let bed = Bed::new("remove-gone-busy");
+    let img = bed.image("disk.img", 4);
+    let b = bed.backend(8, 51728, "file", img.to_str().unwrap(), "w");
+    assert_eq!(bed.run("add", &b).code, 0);
+    bed.sim.rm(&format!("/local/domain/0/{b}"));
+    // Another hotplug script holds the lock past our timeout.
+    let held = xen_block_hotplug::lock::acquire(&bed.lock, std::time::Duration::from_secs(5))
+        .expect("taking the lock");
+    let out = bed
+        .command(&b)
+        .env("XEN_BLOCK_HOTPLUG_LOCK_TIMEOUT", "0.2")
+        .arg("remove")
+        .output()
+        .expect("running the binary");
+    drop(held);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(bed.sim.read(&format!("/local/domain/0/{b}")), None);
+    assert_eq!(bed.node(&b, "hotplug-status"), None);
+    // Once the lock is free, the remove does its work.
+    assert_eq!(bed.run("remove", &b).code, 0);
+    assert!(bed.loops_of(&img).is_empty());
+}
