@@ -11,7 +11,6 @@
 //! when the backend its tag names exists and names it, by `node` or
 //! `physical-device`, with the same `diskseq` when one was written.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use anyhow::{Context, Result};
 use crate::devnum::DevNum;
 use crate::kind::file::TAG_PREFIX;
 use crate::lock;
-use crate::loopdev::{self, LoopStatus};
+use crate::loopdev::{self, LoopDevice, LoopStatus};
 use crate::store::Store;
 
 /// What the backend a tag names says now.
@@ -76,11 +75,14 @@ pub struct Finding {
     pub orphan: Option<String>,
 }
 
-/// The loop devices attached for `store`'s backends, with the backend each
-/// serves (the tag without its prefix).
-fn ours(store: &Store) -> Result<Vec<(LoopStatus, String)>> {
+/// The loop devices attached for `store`'s backends, each held open (so
+/// that the device judged is the device detached), with its status and
+/// the backend it serves (the tag without its prefix).
+fn ours(store: &Store) -> Result<Vec<(LoopDevice, LoopStatus, String)>> {
     let mut found = Vec::new();
-    for st in loopdev::all_bound().context("listing loop devices")? {
+    for dev in loopdev::bound_devices().context("listing loop devices")? {
+        let dev = dev.context("examining a loop device")?;
+        let st = dev.status();
         let Some(key) = st.tag.strip_prefix(TAG_PREFIX) else {
             continue;
         };
@@ -95,9 +97,9 @@ fn ours(store: &Store) -> Result<Vec<(LoopStatus, String)>> {
             continue;
         }
         let key = key.to_owned();
-        let Some(record) = loopdev::record(st.number)
-            .with_context(|| format!("examining /dev/loop{}", st.number))?
-        else {
+        // No record of this binding (made by anyone else, or in another
+        // boot): never ours to judge.
+        let Some(record) = dev.record() else {
             continue;
         };
         if record.store != store.identity() {
@@ -112,7 +114,7 @@ fn ours(store: &Store) -> Result<Vec<(LoopStatus, String)>> {
             );
             continue;
         }
-        found.push((st, key));
+        found.push((dev, st, key));
     }
     Ok(found)
 }
@@ -156,20 +158,23 @@ pub fn run(opts: &Options, store: &Store) -> Result<Vec<Finding>> {
             opts.lock_path.display()
         )
     })?;
+    // Refused before anything is judged: records decide what is ours.
+    crate::records::dir()?;
     let mut findings = Vec::new();
-    for (st, key) in ours(store)? {
+    for (dev, st, key) in ours(store)? {
         let n = st.number;
-        let device = std::fs::metadata(format!("/dev/loop{n}"))
-            .map(|m| DevNum::from_rdev(m.rdev()))
+        let device = dev
+            .rdev()
+            .map(DevNum::from_rdev)
             .with_context(|| format!("examining /dev/loop{n}"))?;
-        let seq = loopdev::diskseq(n).with_context(|| format!("examining /dev/loop{n}"))?;
         let v = view(store, &key)?;
-        let orphan = orphan_reason(device, seq, &v);
+        let orphan = orphan_reason(device, dev.diskseq(), &v);
         if let Some(why) = &orphan {
             if opts.dry_run {
                 println!("would detach /dev/loop{n} ({}): {why}", st.backing_file);
             } else {
-                loopdev::detach(n).with_context(|| format!("detaching /dev/loop{n}"))?;
+                dev.detach()
+                    .with_context(|| format!("detaching /dev/loop{n}"))?;
                 println!(
                     "detached /dev/loop{n} ({}), of {key}: {why}",
                     st.backing_file

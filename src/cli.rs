@@ -63,6 +63,17 @@ pub struct Cli {
     )]
     pub lock_file: PathBuf,
 
+    /// Where the records of the loop devices we attach are kept (must be
+    /// root's alone); another directory is for tests and unusual layouts
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = crate::records::ENV,
+        default_value = crate::records::DEFAULT_DIR
+    )]
+    pub records_dir: PathBuf,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

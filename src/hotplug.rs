@@ -48,8 +48,13 @@ impl Job {
             }
             return Ok(());
         }
-        out.write(store, &self.inv)
-            .inspect_err(|_| out.unwrite(store, &self.inv))?;
+        out.write(store, &self.inv).inspect_err(|e| {
+            // After a timeout the writes may still land; the removes would
+            // only queue behind them (and wait as long again).
+            if !outcome_unknown(e) {
+                out.unwrite(store, &self.inv)
+            }
+        })?;
         log::info!(
             "connected: physical-device {} ({})",
             out.physical_device,
@@ -57,6 +62,28 @@ impl Job {
         );
         Ok(())
     }
+}
+
+/// Whether a failed exchange with the store may still have taken effect:
+/// a timeout or a lost connection leaves the requests sent and their fate
+/// unknown (xenstored may apply them later), while an error answer
+/// (EACCES, ENOSPC, EAGAIN, ...) is a definite refusal.
+pub fn outcome_unknown(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::*;
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| {
+            matches!(
+                e.kind(),
+                TimedOut
+                    | UnexpectedEof
+                    | BrokenPipe
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | NotConnected
+                    | InvalidData
+            )
+        })
 }
 
 fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
@@ -100,6 +127,10 @@ fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
 }
 
 fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
+    if *inputs == Inputs::default() {
+        // The backend directory was deleted before remove ran.
+        return kind::file::remove_gone(job, store).map_err(|e| e.context(GoneAtRemove));
+    }
     let ty = inputs.ty.as_deref().unwrap_or("");
     if !matches!(ty, "" | "phy" | "file") {
         let t = kind::classify(ty, b"", Mode::ReadOnly, &job.inv.script_dir)?;
@@ -108,8 +139,22 @@ fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
         }
     }
     // Only a file backend has a `node`; phy and empty drives have nothing to undo.
-    kind::file::remove(job, inputs)
+    kind::file::remove(job, store, inputs)
 }
+
+/// Marks the failure of a remove whose backend directory was gone before
+/// it ran: nothing is written back, which would only bring a dead
+/// backend's directory back with two nodes in it.
+#[derive(Debug, Clone, Copy)]
+struct GoneAtRemove;
+
+impl std::fmt::Display for GoneAtRemove {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("its backend was already gone")
+    }
+}
+
+impl std::error::Error for GoneAtRemove {}
 
 /// Runs the job against `store`.
 pub fn run(job: &Job, store: &Store) -> Result<()> {
@@ -132,11 +177,40 @@ pub fn execute(job: &Job, store: &Store) -> ExitCode {
     let status = outcome::status_of(&err);
     let sentence = outcome::sentence(&err);
     log::error!("{} failed: {sentence}", job.inv.action.as_str());
-    if job.dry_run || outcome::nothing_to_write(&err) {
+    if job.dry_run || outcome::nothing_to_write(&err) || err.is::<GoneAtRemove>() {
         return ExitCode::Failure;
     }
     if let Err(e) = backend::write_failure(store, &job.inv, status, &sentence) {
         log::error!("{}", outcome::sentence(&e));
     }
     ExitCode::Failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn a_timeout_or_a_lost_connection_leaves_the_outcome_unknown() {
+        let cases = [
+            (ErrorKind::TimedOut, true),
+            (ErrorKind::UnexpectedEof, true),
+            (ErrorKind::BrokenPipe, true),
+            (ErrorKind::ConnectionReset, true),
+            // Replies out of step: the requests were sent.
+            (ErrorKind::InvalidData, true),
+            // xenstored's own answers: EACCES, ENOSPC, EAGAIN, EINVAL.
+            (ErrorKind::PermissionDenied, false),
+            (ErrorKind::OutOfMemory, false),
+            (ErrorKind::WouldBlock, false),
+            (ErrorKind::InvalidInput, false),
+            (ErrorKind::Other, false),
+        ];
+        for (kind, unknown) in cases {
+            let e = anyhow::Error::new(Error::new(kind, "x")).context("writing physical-device");
+            assert_eq!(outcome_unknown(&e), unknown, "{kind:?}");
+        }
+        assert!(!outcome_unknown(&anyhow!("a sentence")));
+    }
 }

@@ -29,6 +29,7 @@ pub mod logging;
 pub mod loopdev;
 pub mod mode;
 pub mod outcome;
+pub mod records;
 pub mod selftest;
 pub mod sharing;
 pub mod sim;

@@ -6,6 +6,13 @@
 //! stat of the path); otherwise the holder released it meanwhile: retry.
 //! release_lock: unlink the path, then close.
 //!
+//! Created as root in a directory others may reach: the lock file is opened
+//! with O_NOFOLLOW (a planted symlink fails the open instead of creating or
+//! locking the file it names), mode 0600; its directory is made with mode
+//! 0755 if missing, but only its last component (/var/run/xen-hotplug, never
+//! /var/run itself: a missing parent means a layout we do not know, and a
+//! directory made there could land on a persistent filesystem).
+//!
 //! The wait is a blocking flock bounded by a POSIX timer that sends SIGALRM to
 //! this thread alone, whose no-op handler is installed without SA_RESTART so
 //! flock returns EINTR at the deadline. A hand-off thus costs one wake-up, not
@@ -21,7 +28,7 @@ use nix::time::ClockId;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -97,6 +104,20 @@ fn flock(file: &File, operation: libc::c_int) -> nix::Result<()> {
     Errno::result(unsafe { libc::flock(file.as_raw_fd(), operation) }).map(drop)
 }
 
+/// Creates `dir` (mode 0755) if it is missing; never its parent.
+fn make_dir(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || fs::symlink_metadata(dir).is_ok() {
+        return Ok(());
+    }
+    match fs::DirBuilder::new().mode(0o755).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io::Error::new(
+            e.kind(),
+            format!("creating the lock directory {}: {e}", dir.display()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Takes the lock at `path` (its directory created), waiting at most `timeout`.
 pub fn acquire(path: &Path, timeout: Duration) -> Result<Lock, LockError> {
     let start = Instant::now();
@@ -105,7 +126,7 @@ pub fn acquire(path: &Path, timeout: Duration) -> Result<Lock, LockError> {
     let timeout = timeout.min(Duration::from_secs(365 * 24 * 3600));
     let deadline = start.checked_add(timeout).unwrap_or(start);
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
+        make_dir(dir)?;
     }
     let mut alarm = None;
     loop {
@@ -115,6 +136,7 @@ pub fn acquire(path: &Path, timeout: Duration) -> Result<Lock, LockError> {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)?;
         // Uncontended: no timer needed.
         match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
@@ -300,7 +322,7 @@ mod tests {
     #[test]
     fn acquires_and_releases() {
         let dir = TempDir::new();
-        let path = dir.0.join("run/xen-hotplug/block");
+        let path = dir.0.join("xen-hotplug/block");
         let lock = acquire(&path, Duration::from_secs(1)).unwrap();
         assert_eq!(ino(&path), lock.file.metadata().unwrap().ino());
         assert_eq!(lock.path(), path);
@@ -308,6 +330,35 @@ mod tests {
         assert!(!path.exists());
         // Free again.
         drop(acquire(&path, Duration::ZERO).unwrap());
+    }
+
+    #[test]
+    fn the_lock_directory_is_made_but_never_its_parent() {
+        let dir = TempDir::new();
+        let made = dir.0.join("xen-hotplug");
+        drop(acquire(&made.join("block"), Duration::from_secs(1)).unwrap());
+        let m = fs::symlink_metadata(&made).unwrap();
+        assert!(m.is_dir());
+        assert_eq!(m.mode() & 0o022, 0, "{:o}", m.mode());
+        let err = acquire(&dir.0.join("run/xen-hotplug/block"), Duration::ZERO)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("run/xen-hotplug"), "{err}");
+        assert!(!dir.0.join("run").exists());
+    }
+
+    #[test]
+    fn a_lock_planted_as_a_symlink_is_not_followed() {
+        let dir = TempDir::new();
+        let victim = dir.0.join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let path = dir.0.join("block");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        assert!(acquire(&path, Duration::ZERO).is_err());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        // Nobody locked the file the link names.
+        let f = File::open(&victim).unwrap();
+        flock(&f, libc::LOCK_EX | libc::LOCK_NB).unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
@@ -59,9 +60,14 @@ pub fn init(verbose: bool, system_sinks: bool, errors_to_stderr: bool) {
             None
         },
         file: if system_sinks && Path::new(LOG_DIR).is_dir() {
+            // As root in a directory of the xen packages': never through a
+            // planted link (O_NOFOLLOW), readable by root's group only;
+            // std adds O_CLOEXEC (a block-TYPE helper gets no copy).
             OpenOptions::new()
                 .append(true)
                 .create(true)
+                .mode(0o640)
+                .custom_flags(nix::libc::O_NOFOLLOW)
                 .open(LOG_FILE)
                 .ok()
                 .map(Mutex::new)

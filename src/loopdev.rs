@@ -6,18 +6,28 @@
 //!
 //! Our ownership tag is given as lo_crypt_name, but recent kernels (checked on
 //! 6.18) no longer keep it: LOOP_GET_STATUS64 returns it empty. So the tag is
-//! also kept in a record file, RECORD_DIR/loopN, which holds the
-//! backing file's dev and inode and the device's diskseq at attach: a record
-//! left by a device detached behind our back does not match its next binding.
-//! The binding's diskseq is known only once bound, so a process killed
-//! between binding and recording would leave a device nobody could tell was
-//! ours: before binding, the tag goes to a pending record
-//! RECORD_DIR/loopN.ID.pending, and the binding carries `xbh-pending:ID` as
-//! its lo_file_name (which the kernel keeps; the backing file's path is
-//! read from sysfs), so a pending record matches exactly that binding.
-//! A second line, `store PATH`, names the xenstore the attach served when it
-//! was not the host's own (a test's simulator), so that `cleanup` against one
-//! store never judges the devices of another.
+//! also kept in a record file in the records directory (`records`), which
+//! holds the backing file's dev and inode and the device's diskseq at attach.
+//! Every binding we make carries `xbh-pending:ID` as its lo_file_name (the
+//! kernel keeps it; the backing file's path is read from sysfs), ID being
+//! unique in this boot (pid, process start time, a counter). Before binding,
+//! the tag goes to a pending record `loopN.ID.pending`, and once bound to the
+//! final record `loopN.SEQ` (named by the diskseq; `loopN` on kernels before
+//! 5.15), which keeps the line `id ID`. A record describes a binding only
+//! when the binding's lo_file_name names its ID: a binding made by anyone
+//! else (an admin's `losetup` of the same image, on the same loop number,
+//! after ours was detached behind our back) has its path there and never
+//! matches, also on kernels without diskseq. A record also names its boot
+//! (`boot UUID`): one from an earlier boot is never believed.
+//! A line `store PATH` names the xenstore the attach served when it was not
+//! the host's own (a test's simulator), so that `cleanup` against one store
+//! never judges the devices of another; `owner PID START` the attaching
+//! process, whose add may still be running.
+//!
+//! Judging a device and detaching it go through one open descriptor
+//! (`LoopDevice`): while it is open the binding cannot change (a detach
+//! only sets autoclear until the last opener closes), so what was judged is
+//! what gets detached.
 
 use nix::errno::Errno;
 use nix::libc;
@@ -28,12 +38,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::records;
+
 const LO_NAME_SIZE: usize = 64;
 const LO_KEY_SIZE: usize = 32;
 const LO_FLAGS_READ_ONLY: u32 = 1;
-/// Where the ownership tags of attached devices are recorded.
-pub const RECORD_DIR: &str = "/run/xen-block-hotplug";
-/// lo_file_name of a binding whose tag is in a pending record.
+/// Where the ownership records are kept by default (see `records`).
+pub const RECORD_DIR: &str = records::DEFAULT_DIR;
+/// lo_file_name of every binding we make, before its id.
 const PENDING_PREFIX: &str = "xbh-pending:";
 /// Bound on GET_FREE + CONFIGURE rounds lost to other processes.
 const ATTACH_ATTEMPTS: usize = 64;
@@ -115,6 +127,8 @@ pub struct Attached {
     device: File,
     rdev: u64,
     kept: bool,
+    /// The binding's unique id (its lo_file_name after the prefix).
+    id: String,
     /// The pending record, until the final one is written.
     pending: Option<PathBuf>,
 }
@@ -147,11 +161,6 @@ impl Drop for Attached {
             return;
         }
         let seq = self.diskseq();
-        if seq.is_none() {
-            // One record file per number: remove it while our descriptor
-            // still holds this binding (see `detach`).
-            let _ = remove_record(self.number, None);
-        }
         // SAFETY: plain ioctl on a descriptor we own.
         let _ = unsafe { loop_clr_fd(self.device.as_raw_fd()) };
         // After the unbind: a process killed in between leaves a stale
@@ -159,9 +168,7 @@ impl Drop for Attached {
         if let Some(p) = &self.pending {
             let _ = fs::remove_file(p);
         }
-        if seq.is_some() {
-            let _ = remove_record(self.number, seq);
-        }
+        let _ = remove_record(self.number, seq, &self.id);
     }
 }
 
@@ -169,27 +176,37 @@ fn dev_path(number: u32) -> PathBuf {
     PathBuf::from(format!("/dev/loop{number}"))
 }
 
-/// The record of a binding: named by the device's diskseq where the kernel
-/// has one, so that each binding has a file of its own (diskseqs are never
-/// re-used) and no detach can ever remove the record of a later binding of
-/// the same number; `loopN` alone on kernels before 5.15.
-fn record_path(number: u32, diskseq: Option<u64>) -> PathBuf {
-    Path::new(RECORD_DIR).join(match diskseq {
+/// The final record of a binding: named by the device's diskseq where the
+/// kernel has one, by the binding's id on kernels before 5.15, so that each
+/// binding has a file of its own (neither is ever re-used in a boot) and no
+/// detach can remove the record of a later binding of the same number.
+fn record_name(number: u32, diskseq: Option<u64>, id: &str) -> String {
+    match diskseq {
         Some(seq) => format!("loop{number}.{seq:x}"),
-        None => format!("loop{number}"),
-    })
+        None => format!("loop{number}.{id}"),
+    }
 }
 
-fn pending_path(number: u32, id: &str) -> PathBuf {
-    Path::new(RECORD_DIR).join(format!("loop{number}.{id}.pending"))
+fn record_path(number: u32, diskseq: Option<u64>, id: &str) -> io::Result<PathBuf> {
+    Ok(records::dir()?.join(record_name(number, diskseq, id)))
+}
+
+fn pending_path(number: u32, id: &str) -> io::Result<PathBuf> {
+    Ok(records::dir()?.join(format!("loop{number}.{id}.pending")))
+}
+
+/// The id our attach gave a binding, from its lo_file_name; None for a
+/// binding made by anyone else.
+fn binding_id(info: &loop_info64) -> Option<String> {
+    let name = field_str(&info.lo_file_name);
+    let id = name.strip_prefix(PENDING_PREFIX)?;
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .then(|| id.to_owned())
 }
 
 /// The pending record a binding's lo_file_name names, if any.
 fn pending_of(info: &loop_info64, number: u32) -> Option<PathBuf> {
-    let name = field_str(&info.lo_file_name);
-    let id = name.strip_prefix(PENDING_PREFIX)?;
-    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        .then(|| pending_path(number, id))
+    pending_path(number, &binding_id(info)?).ok()
 }
 
 /// "dev ino diskseq tag" of the binding `info` describes (diskseq 0 when unknown).
@@ -202,22 +219,12 @@ fn record_line(info: &loop_info64, diskseq: Option<u64>, tag: &str) -> String {
     )
 }
 
-/// The record's second line for `store` (none for the host's own store).
+/// The record's `store` line for `store` (none for the host's own store).
 fn store_line(store: &str) -> String {
     if store.is_empty() {
         String::new()
     } else {
         format!("store {store}\n")
-    }
-}
-
-/// The process that attaches a device, as `owner PID STARTTIME`: while it
-/// lives, the device may belong to an add in progress, which `cleanup` must
-/// not take for an orphan (the start time tells a re-used pid apart).
-fn owner_line() -> String {
-    match process_start(std::process::id()) {
-        Some(t) => format!("owner {} {t}\n", std::process::id()),
-        None => String::new(),
     }
 }
 
@@ -248,42 +255,171 @@ impl Record {
     }
 }
 
-/// Records `line` for the binding of /dev/loopN, replacing the file atomically.
-fn write_record(number: u32, diskseq: Option<u64>, line: &str) -> io::Result<()> {
-    fs::create_dir_all(RECORD_DIR)?;
-    let tmp = Path::new(RECORD_DIR).join(format!(".loop{number}.{}", std::process::id()));
-    fs::write(&tmp, line)?;
-    fs::rename(&tmp, record_path(number, diskseq))
+/// A record file's text, parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordText {
+    /// (dev, inode, diskseq) of the binding, from a final record's first
+    /// line (diskseq 0 there is None); None for a pending record.
+    pub binding: Option<(u64, u64, Option<u64>)>,
+    /// The binding's id (`id` line); None in records of earlier versions.
+    pub id: Option<String>,
+    /// The boot it was written in (`boot` line).
+    pub boot: Option<String>,
+    pub record: Record,
 }
 
-/// The record of /dev/loopN if it describes the device's current binding.
-fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<Record> {
-    let binding = record_line(info, diskseq, "");
-    let binding = binding.trim_end_matches('\n');
-    let text = fs::read_to_string(record_path(number, diskseq))
-        .ok()
-        .filter(|t| t.lines().next().is_some_and(|l| l.starts_with(binding)));
-    // No final record of this binding: the pending one its name points to.
-    let (text, prefix) = match text {
-        Some(t) => (t, binding),
-        None => (fs::read_to_string(pending_of(info, number)?).ok()?, ""),
-    };
+/// Parses a final record (`pending` false: first line "dev ino diskseq
+/// tag") or a pending one (first line the tag alone).
+pub fn parse_record(text: &str, pending: bool) -> Option<RecordText> {
     let mut lines = text.lines();
-    let mut record = Record {
-        tag: lines.next()?.strip_prefix(prefix)?.to_owned(),
-        ..Record::default()
-    };
+    let first = lines.next()?;
+    let mut r = RecordText::default();
+    if pending {
+        r.record.tag = first.to_owned();
+    } else {
+        let mut f = first.splitn(4, ' ');
+        let dev = f.next()?.parse().ok()?;
+        let ino = f.next()?.parse().ok()?;
+        let seq: u64 = f.next()?.parse().ok()?;
+        r.binding = Some((dev, ino, (seq != 0).then_some(seq)));
+        r.record.tag = f.next().unwrap_or_default().to_owned();
+    }
     for l in lines {
         if let Some(st) = l.strip_prefix("store ") {
-            record.store = st.to_owned();
+            r.record.store = st.to_owned();
+        } else if let Some(id) = l.strip_prefix("id ") {
+            r.id = Some(id.to_owned());
+        } else if let Some(b) = l.strip_prefix("boot ") {
+            r.boot = Some(b.to_owned());
         } else if let Some(o) = l.strip_prefix("owner ") {
             let mut it = o.split(' ').map(str::parse::<u64>);
             if let (Some(Ok(pid)), Some(Ok(start))) = (it.next(), it.next()) {
-                record.owner = u32::try_from(pid).ok().map(|p| (p, start));
+                r.record.owner = u32::try_from(pid).ok().map(|p| (p, start));
             }
         }
     }
-    Some(record)
+    Some(r)
+}
+
+/// What the kernel says of a binding now, for `describes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub dev: u64,
+    pub ino: u64,
+    /// None on kernels before 5.15.
+    pub diskseq: Option<u64>,
+    /// Our id from its lo_file_name; None when someone else bound it.
+    pub id: Option<String>,
+}
+
+/// Whether a final record describes this binding, i.e. was written by the
+/// attach that made it. The binding must carry the record's id in its
+/// lo_file_name: a later binding by anyone else (an admin's `losetup` of
+/// the same image on the same number) carries its path there, so it never
+/// matches, with or without diskseq. A record without an id (written by an
+/// earlier version) is told apart by diskseq alone, so on a kernel
+/// without diskseq it describes nothing: its device is left alone.
+pub fn describes(r: &RecordText, b: &Binding) -> bool {
+    let Some((dev, ino, seq)) = r.binding else {
+        return false;
+    };
+    if (dev, ino) != (b.dev, b.ino) {
+        return false;
+    }
+    if let (Some(x), Some(y)) = (seq, b.diskseq) {
+        if x != y {
+            return false;
+        }
+    }
+    match &r.id {
+        Some(id) => b.id.as_ref() == Some(id),
+        None => seq.is_some() && b.diskseq.is_some(),
+    }
+}
+
+/// Records `text` for the binding of /dev/loopN, replacing the file atomically.
+fn write_record(number: u32, diskseq: Option<u64>, id: &str, text: &str) -> io::Result<()> {
+    let dir = records::dir()?;
+    let tmp = dir.join(format!(".loop{number}.{}", std::process::id()));
+    records::create_new(&tmp, 0o644, text.as_bytes())?;
+    fs::rename(&tmp, dir.join(record_name(number, diskseq, id)))
+}
+
+/// The record of /dev/loopN if it describes the device's current binding,
+/// was written in this boot and lies in a trusted directory.
+fn read_record(number: u32, info: &loop_info64, diskseq: Option<u64>) -> Option<Record> {
+    let id = binding_id(info);
+    let binding = Binding {
+        dev: info.lo_device,
+        ino: info.lo_inode,
+        diskseq,
+        id: id.clone(),
+    };
+    let this_boot = |t: &str| records::written_text(t) == records::Written::ThisBoot;
+    // Kernels without diskseq: only our own bindings (with an id) have a
+    // final record.
+    let name = match (diskseq, &id) {
+        (Some(_), _) => Some(record_name(number, diskseq, "")),
+        (None, Some(id)) => Some(record_name(number, None, id)),
+        (None, None) => None,
+    };
+    let dir = records::dir().ok()?;
+    let fin = name
+        .and_then(|name| fs::read_to_string(dir.join(name)).ok())
+        .filter(|t| this_boot(t))
+        .and_then(|t| parse_record(&t, false))
+        .filter(|r| describes(r, &binding));
+    if let Some(r) = fin {
+        return Some(r.record);
+    }
+    // No final record of this binding: the pending one its name points to,
+    // or, for a binding without a name, the one its killed attach left.
+    let text = match pending_of(info, number) {
+        Some(p) => fs::read_to_string(p).ok()?,
+        None => unnamed_pending(number, info)?.1,
+    };
+    this_boot(&text)
+        .then(|| parse_record(&text, true))
+        .flatten()
+        .map(|r| r.record)
+}
+
+/// Kernels before 5.8 bind in two calls, LOOP_SET_FD and then
+/// LOOP_SET_STATUS64, and only the second gives the binding its
+/// `xbh-pending:ID` name: an add killed in between (a toolstack's or
+/// udev's timeout) leaves a binding with an empty lo_file_name. Such a
+/// binding is ours when a pending record for its number, written in this
+/// boot by a process that has died, names its image (`image DEV INO`): the
+/// attach that wrote it bound exactly that image there and died before
+/// naming it. Anyone else's binding has a name (losetup and mount give
+/// the path) or a living owner. Returns that record's path and text.
+fn unnamed_pending(number: u32, info: &loop_info64) -> Option<(PathBuf, String)> {
+    if info.lo_file_name.first() != Some(&0) {
+        return None;
+    }
+    let image = format!("{} {}", info.lo_device, info.lo_inode);
+    let prefix = format!("loop{number}.");
+    for e in fs::read_dir(records::dir().ok()?).ok()?.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if !(name.starts_with(&prefix) && name.ends_with(".pending")) {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        if records::written_text(&text) == records::Written::ThisBoot
+            && !owner_alive(&text)
+            && text
+                .lines()
+                .any(|l| l.strip_prefix("image ") == Some(&image))
+        {
+            return Some((e.path(), text));
+        }
+    }
+    None
 }
 
 /// NUL-padded copy of `s`, cut to 63 bytes so the last byte stays NUL.
@@ -313,8 +449,8 @@ fn get_diskseq(device: &File) -> io::Result<Option<u64>> {
 
 /// Attaches `image` (an open file) to a free loop device, read-only if asked,
 /// with `tag` (at most 63 bytes) as lo_crypt_name. `name` is the image's
-/// path for the caller's messages: lo_file_name carries the pending-record
-/// marker, and tools (losetup, `status`) read the path from sysfs.
+/// path for the caller's messages: lo_file_name carries the binding's id,
+/// and tools (losetup, `status`) read the path from sysfs.
 pub fn attach(image: &File, name: &Path, read_only: bool, tag: &str) -> io::Result<Attached> {
     attach_in(image, name, read_only, tag, "")
 }
@@ -345,14 +481,25 @@ fn attach_with(
     store: &str,
     use_configure: bool,
 ) -> io::Result<Attached> {
+    // Checked (and refused) before any device is bound.
+    let dir = records::dir()?;
     let control = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/loop-control")?;
-    static PENDING_IDS: AtomicU64 = AtomicU64::new(0);
-    let owner = owner_line();
+    static IDS: AtomicU64 = AtomicU64::new(0);
+    let pid = std::process::id();
+    let start = process_start(pid);
+    // The process that attaches a device, as `owner PID STARTTIME`: while
+    // it lives, the device may belong to an add in progress, which
+    // `cleanup` must not take for an orphan (the start time tells a
+    // re-used pid apart).
+    let owner = start.map_or_else(String::new, |t| format!("owner {pid} {t}\n"));
     let mut info = loop_info64::ZERO;
     info.lo_crypt_name = name_field(tag.as_bytes());
+    let tag = field_str(&info.lo_crypt_name);
+    let image_meta = image.metadata()?;
+    let image_line = format!("image {} {}\n", image_meta.dev(), image_meta.ino());
     // Never LO_FLAGS_AUTOCLEAR: blkback opens the device after we close ours.
     info.lo_flags = if read_only { LO_FLAGS_READ_ONLY } else { 0 };
     for _ in 0..ATTACH_ATTEMPTS {
@@ -372,21 +519,24 @@ fn attach_with(
         };
         let rdev = device.metadata()?.rdev();
         let fd = device.as_raw_fd();
+        // Unique in this boot: pid and start time name this process.
         let id = format!(
-            "{}-{}",
-            std::process::id(),
-            PENDING_IDS.fetch_add(1, Ordering::SeqCst)
+            "{pid}-{}-{}",
+            start.unwrap_or(0),
+            IDS.fetch_add(1, Ordering::SeqCst)
         );
         info.lo_file_name = name_field(format!("{PENDING_PREFIX}{id}").as_bytes());
-        let pending = pending_path(number, &id);
-        fs::create_dir_all(RECORD_DIR)?;
-        fs::write(
+        let pending = dir.join(format!("loop{number}.{id}.pending"));
+        let common = format!(
+            "id {id}\n{}{}{owner}",
+            records::boot_line(),
+            store_line(store)
+        );
+        // `image`: names the binding should the attach die before naming it.
+        records::create_new(
             &pending,
-            format!(
-                "{}\n{}{owner}",
-                field_str(&info.lo_crypt_name),
-                store_line(store)
-            ),
+            0o644,
+            format!("{tag}\n{common}{image_line}").as_bytes(),
         )?;
         let bound = if use_configure {
             let config = loop_config {
@@ -414,6 +564,7 @@ fn attach_with(
             device,
             rdev,
             kept: false,
+            id: id.clone(),
             pending: Some(pending),
         };
         if !use_configure {
@@ -424,10 +575,8 @@ fn attach_with(
         // SAFETY: the kernel fills `bound`.
         unsafe { loop_get_status64(fd, &mut bound) }?;
         let seq = get_diskseq(&attached.device)?;
-        let mut line = record_line(&bound, seq, &field_str(&info.lo_crypt_name));
-        line.push_str(&store_line(store));
-        line.push_str(&owner);
-        write_record(number, seq, &line)?;
+        let text = format!("{}{common}", record_line(&bound, seq, &tag));
+        write_record(number, seq, &id, &text)?;
         if let Some(p) = attached.pending.take() {
             let _ = fs::remove_file(p);
         }
@@ -458,39 +607,147 @@ fn open_bound(number: u32) -> io::Result<Option<(File, loop_info64)>> {
     }
 }
 
+/// A bound loop device, held open: its status, its diskseq, its record and
+/// the detach are all read and done through this one descriptor. While it
+/// is open the binding cannot change under us (LOOP_CLR_FD by anyone else
+/// only marks it for detach at the last close), so a device judged ours is
+/// the device detached.
+pub struct LoopDevice {
+    number: u32,
+    file: File,
+    info: loop_info64,
+    diskseq: Option<u64>,
+}
+
+impl LoopDevice {
+    /// /dev/loopN with its binding; None when nothing is bound.
+    pub fn open(number: u32) -> io::Result<Option<LoopDevice>> {
+        let Some((file, info)) = open_bound(number)? else {
+            return Ok(None);
+        };
+        let diskseq = get_diskseq(&file)?;
+        Ok(Some(LoopDevice {
+            number,
+            file,
+            info,
+            diskseq,
+        }))
+    }
+
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// BLKGETDISKSEQ of this binding, None on kernels before 5.15.
+    pub fn diskseq(&self) -> Option<u64> {
+        self.diskseq
+    }
+
+    /// st_rdev of the loop block device.
+    pub fn rdev(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.rdev())
+    }
+
+    /// The record of this binding; None when we did not attach it (or its
+    /// record is from another boot, or the directory is refused).
+    pub fn record(&self) -> Option<Record> {
+        read_record(self.number, &self.info, self.diskseq)
+    }
+
+    /// What the kernel (and our record, for the tag) says of this binding.
+    pub fn status(&self) -> LoopStatus {
+        let mut tag = field_str(&self.info.lo_crypt_name);
+        if tag.is_empty() {
+            tag = self.record().map(|r| r.tag).unwrap_or_default();
+        }
+        let number = self.number;
+        let sysfs = format!("/sys/block/loop{number}/loop/backing_file");
+        let backing_file = match fs::read_to_string(sysfs) {
+            Ok(s) => s.strip_suffix('\n').unwrap_or(&s).to_owned(),
+            Err(_) => field_str(&self.info.lo_file_name),
+        };
+        LoopStatus {
+            number,
+            backing_dev: self.info.lo_device,
+            backing_inode: self.info.lo_inode,
+            read_only: self.info.lo_flags & LO_FLAGS_READ_ONLY != 0,
+            tag,
+            backing_file,
+        }
+    }
+
+    /// LOOP_CLR_FD on this descriptor, and the binding's records removed.
+    pub fn detach(self) -> io::Result<()> {
+        let number = self.number;
+        let seq = self.diskseq;
+        let id = binding_id(&self.info);
+        let pending = pending_of(&self.info, number)
+            .or_else(|| unnamed_pending(number, &self.info).map(|(p, _)| p));
+        if seq.is_none() {
+            // A record of an earlier version, one file per number: it
+            // must go while we hold the device open (its binding cannot
+            // change until we close it).
+            if let Ok(dir) = records::dir() {
+                match fs::remove_file(dir.join(format!("loop{number}"))) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        // With other openers (blkback, or anyone's status()) this only sets
+        // autoclear; the kernel unbinds the device at their last close.
+        // SAFETY: argument-less ioctl on a descriptor we own.
+        match unsafe { loop_clr_fd(self.file.as_raw_fd()) } {
+            // ENXIO: nothing bound, already detached.
+            Ok(_) | Err(Errno::ENXIO) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // A record named by its binding's diskseq or id is this binding's
+        // alone; one left by a process killed just here is pruned by `cleanup`.
+        if let Some(p) = pending {
+            let _ = fs::remove_file(p);
+        }
+        match (seq, id) {
+            (Some(_), id) => remove_record(number, seq, id.as_deref().unwrap_or_default()),
+            (None, Some(id)) => remove_record(number, None, &id),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// The bound devices whose current binding has a record (final or pending)
+/// with `tag` for `store`, each held open: what `remove` detaches when the
+/// backend directory is already gone and names no device.
+pub fn recorded_for(tag: &str, store: &str) -> io::Result<Vec<LoopDevice>> {
+    let mut numbers: Vec<u32> = fs::read_dir(records::dir()?)?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name();
+            let rest = name.to_str()?.strip_prefix("loop")?;
+            rest.split('.').next()?.parse().ok()
+        })
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let mut found = Vec::new();
+    for n in numbers {
+        if let Some(d) = LoopDevice::open(n)? {
+            if d.record().is_some_and(|r| r.tag == tag && r.store == store) {
+                found.push(d);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Status of /dev/loopN; Ok(None) when it is not bound to a file or does not exist.
 pub fn status(number: u32) -> io::Result<Option<LoopStatus>> {
-    let Some((device, info)) = open_bound(number)? else {
-        return Ok(None);
-    };
-    let mut tag = field_str(&info.lo_crypt_name);
-    if tag.is_empty() {
-        tag = read_record(number, &info, get_diskseq(&device)?)
-            .map(|r| r.tag)
-            .unwrap_or_default();
-    }
-    let sysfs = format!("/sys/block/loop{number}/loop/backing_file");
-    let backing_file = match fs::read_to_string(sysfs) {
-        Ok(s) => s.strip_suffix('\n').unwrap_or(&s).to_owned(),
-        Err(_) => field_str(&info.lo_file_name),
-    };
-    Ok(Some(LoopStatus {
-        number,
-        backing_dev: info.lo_device,
-        backing_inode: info.lo_inode,
-        read_only: info.lo_flags & LO_FLAGS_READ_ONLY != 0,
-        tag,
-        backing_file,
-    }))
+    Ok(LoopDevice::open(number)?.map(|d| d.status()))
 }
 
 /// The record of /dev/loopN's current binding; None when it is free or
 /// there is no record of this binding (not attached by us).
 pub fn record(number: u32) -> io::Result<Option<Record>> {
-    let Some((device, info)) = open_bound(number)? else {
-        return Ok(None);
-    };
-    Ok(read_record(number, &info, get_diskseq(&device)?))
+    Ok(LoopDevice::open(number)?.and_then(|d| d.record()))
 }
 
 /// Whether the `owner` line of a record names a process that still runs.
@@ -505,13 +762,16 @@ fn owner_alive(text: &str) -> bool {
         })
 }
 
-/// Removes the records no binding is described by any more: pending ones
-/// of a process killed before binding (or after its final record), and
-/// final ones of a binding since detached by a process killed before it
-/// removed them; returns how many. A pending record whose attaching process
-/// still runs is kept: attaches are made outside the hotplug lock.
+/// Removes the records no binding is described by any more, and returns
+/// how many: those of an earlier boot (no device is looked at: their
+/// numbers name nothing now); pending ones of a process killed before
+/// binding (or after its final record); final ones of a binding since
+/// detached by a process killed before it removed them. A pending record
+/// whose attaching process still runs is kept: attaches are made outside
+/// the hotplug lock.
 pub fn prune_records() -> io::Result<usize> {
-    let entries = match fs::read_dir(RECORD_DIR) {
+    let dir = records::dir()?;
+    let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
@@ -541,29 +801,48 @@ pub fn prune_records() -> io::Result<usize> {
         let Some(number) = parts.next().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let (middle, last) = (parts.next(), parts.next());
-        let stale = match (middle, last) {
-            (Some(_), Some("pending")) => {
-                // Checked in this order: a dead owner can no longer bind, so
-                // a binding seen afterwards is all there will ever be.
-                let text = match fs::read_to_string(entry.path()) {
-                    Ok(t) => t,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                };
-                !owner_alive(&text)
-                    && bound_info(number)
-                        .and_then(|i| pending_of(&i, number))
-                        .as_deref()
-                        != Some(entry.path().as_path())
+        let text = match fs::read_to_string(entry.path()) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let stale = if records::written_text(&text) == records::Written::EarlierBoot {
+            // Without a boot line (an earlier version's), on a directory a
+            // reboot does not empty: never believed, but not known to be
+            // stale either, so left for the version that wrote it.
+            if !text.lines().any(|l| l.starts_with("boot ")) {
+                continue;
             }
-            (Some(seq), None) => match u64::from_str_radix(seq, 16) {
-                Ok(seq) => {
-                    diskseq(number).ok().flatten() != Some(seq) || bound_info(number).is_none()
+            true
+        } else {
+            match (parts.next(), parts.next()) {
+                (Some(_), Some("pending")) => {
+                    // Checked in this order: a dead owner can no longer bind, so
+                    // a binding seen afterwards is all there will ever be.
+                    !owner_alive(&text)
+                        && bound_info(number).map_or(true, |i| {
+                            let named = pending_of(&i, number)
+                                .or_else(|| unnamed_pending(number, &i).map(|(p, _)| p));
+                            named.as_deref() != Some(entry.path().as_path())
+                        })
                 }
-                Err(_) => continue,
-            },
-            _ => continue,
+                // `loopN.SEQ`, `loopN.ID` or (earlier versions) `loopN`: written
+                // after binding, so stale once no binding matches it.
+                (_, None) => match (LoopDevice::open(number), parse_record(&text, false)) {
+                    (Ok(Some(d)), Some(r)) => {
+                        let b = Binding {
+                            dev: d.info.lo_device,
+                            ino: d.info.lo_inode,
+                            diskseq: d.diskseq,
+                            id: binding_id(&d.info),
+                        };
+                        !describes(&r, &b)
+                    }
+                    (Ok(None), _) | (Ok(Some(_)), None) => true,
+                    (Err(_), _) => continue,
+                },
+                _ => continue,
+            }
         };
         if !stale {
             continue;
@@ -588,58 +867,29 @@ pub fn diskseq(number: u32) -> io::Result<Option<u64>> {
     get_diskseq(&File::open(dev_path(number))?)
 }
 
-/// LOOP_CLR_FD on /dev/loopN.
+/// LOOP_CLR_FD on /dev/loopN (see `LoopDevice::detach`); Ok when nothing
+/// is bound, an error when there is no such device.
 pub fn detach(number: u32) -> io::Result<()> {
-    let device = match File::open(dev_path(number)) {
-        Ok(d) => d,
-        // ENXIO: being torn down already, by a detach that saw to its record.
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let mut info = loop_info64::ZERO;
-    // SAFETY: the kernel fills `info`.
-    match unsafe { loop_get_status64(device.as_raw_fd(), &mut info) } {
-        Ok(_) => {}
-        // Nothing bound: no record of ours can describe it.
-        Err(Errno::ENXIO) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    fs::metadata(dev_path(number))?;
+    match LoopDevice::open(number)? {
+        Some(d) => d.detach(),
+        None => Ok(()),
     }
-    let seq = get_diskseq(&device)?;
-    let pending = pending_of(&info, number);
-    if seq.is_none() {
-        // One record file per number: it must go while we hold the device
-        // open (its binding cannot change until we close it), as once it is
-        // unbound another process may bind and record the number at once.
-        remove_record(number, None)?;
-    }
-    // With other openers (blkback, or anyone's status()) this only sets
-    // autoclear; the kernel unbinds the device at their last close.
-    // SAFETY: argument-less ioctl on a descriptor we own.
-    match unsafe { loop_clr_fd(device.as_raw_fd()) } {
-        // ENXIO: nothing bound, already detached.
-        Ok(_) | Err(Errno::ENXIO) => {}
-        Err(e) => return Err(e.into()),
-    }
-    // A record named by its binding's diskseq is this binding's alone; one
-    // left by a process killed just here is pruned by `cleanup`.
-    if let Some(p) = pending {
-        let _ = fs::remove_file(p);
-    }
-    if seq.is_some() {
-        remove_record(number, seq)?;
-    }
-    Ok(())
 }
 
-fn remove_record(number: u32, diskseq: Option<u64>) -> io::Result<()> {
-    match fs::remove_file(record_path(number, diskseq)) {
+fn remove_record(number: u32, diskseq: Option<u64>, id: &str) -> io::Result<()> {
+    let Ok(path) = record_path(number, diskseq, id) else {
+        return Ok(());
+    };
+    match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
 }
 
-/// Status of every bound loop device.
-pub fn all_bound() -> io::Result<Vec<LoopStatus>> {
+/// The numbers of the loop devices bound now (sysfs; each may be detached
+/// by the time it is opened).
+fn bound_numbers() -> io::Result<Vec<u32>> {
     let mut bound = Vec::new();
     for entry in fs::read_dir("/sys/block")? {
         let entry = entry?;
@@ -647,16 +897,32 @@ pub fn all_bound() -> io::Result<Vec<LoopStatus>> {
             continue;
         };
         // The `loop` directory exists only while a file is bound.
-        if !entry.path().join("loop").exists() {
-            continue;
-        }
-        // A device detached meanwhile gives None and is skipped.
-        if let Some(s) = status(number)? {
-            bound.push(s);
+        if entry.path().join("loop").exists() {
+            bound.push(number);
         }
     }
-    bound.sort_by_key(|s| s.number);
+    bound.sort_unstable();
     Ok(bound)
+}
+
+/// Every bound loop device, opened one at a time as the caller takes it.
+/// A caller keeps open only the devices it will act on: a scan that held
+/// every device open would keep any detach requested meanwhile (which
+/// waits for the last opener) from happening while scans overlap.
+pub fn bound_devices() -> io::Result<impl Iterator<Item = io::Result<LoopDevice>>> {
+    Ok(bound_numbers()?
+        .into_iter()
+        // A device detached meanwhile gives None and is skipped.
+        .filter_map(|n| LoopDevice::open(n).transpose()))
+}
+
+/// Status of every bound loop device.
+pub fn all_bound() -> io::Result<Vec<LoopStatus>> {
+    let mut all = Vec::new();
+    for d in bound_devices()? {
+        all.push(d?.status());
+    }
+    Ok(all)
 }
 
 /// Bound loop devices whose backing file is (dev, ino).
@@ -921,10 +1187,14 @@ mod tests {
         drop(device);
         // As a process killed between binding and recording leaves it.
         let seq = diskseq(number).unwrap();
-        fs::remove_file(record_path(number, seq)).unwrap();
+        fs::remove_file(record_path(number, seq, &binding_id(&info).unwrap()).unwrap()).unwrap();
         let pending = pending_of(&info, number).expect("a pending marker");
         // Its owner: a process that cannot exist (above the largest pid_max).
-        fs::write(&pending, "xbh:k\nstore /s\nowner 4194305 1\n").unwrap();
+        fs::write(
+            &pending,
+            format!("xbh:k\n{}store /s\nowner 4194305 1\n", records::boot_line()),
+        )
+        .unwrap();
         assert_eq!(status(number).unwrap().unwrap().tag, "xbh:k");
         let r = record(number).unwrap().unwrap();
         assert_eq!(r.store, "/s");
@@ -948,11 +1218,120 @@ mod tests {
         // As if left by an earlier binding of this device number, under
         // this binding's name.
         let seq = dev.diskseq();
-        write_record(dev.number(), seq, &record_line(&info, Some(1), "stale")).unwrap();
+        write_record(
+            dev.number(),
+            seq,
+            &dev.id,
+            &record_line(&info, Some(1), "stale"),
+        )
+        .unwrap();
         assert_eq!(status(dev.number()).unwrap().unwrap().tag, "");
         let number = dev.number();
         drop(dev);
-        assert!(!record_path(number, seq).exists());
+        assert!(!record_path(number, seq, "").unwrap().exists());
+    }
+
+    #[test]
+    fn a_record_from_an_earlier_boot_is_never_believed_and_pruned_alone() {
+        let dir = TempDir::new();
+        let (path, image) = dir.image("disk.img", true);
+        let dev = attach_in(&image, &path, false, "xbh:boot", "/s").unwrap();
+        let n = dev.number();
+        assert!(record(n).unwrap().is_some());
+        let seq = dev.diskseq();
+        let file = record_path(n, seq, &dev.id).unwrap();
+        let text = fs::read_to_string(&file).unwrap();
+        let old = text.replace(
+            records::boot_id().unwrap(),
+            "00000000-0000-0000-0000-000000000000",
+        );
+        assert_ne!(old, text);
+        fs::write(&file, old).unwrap();
+        assert_eq!(record(n).unwrap(), None);
+        assert!(prune_records().unwrap() >= 1);
+        assert!(!file.exists());
+        // The device itself was not touched.
+        assert!(status(n).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_record_describes_only_the_binding_whose_name_carries_its_id() {
+        let text = "2049 12 0 xbh:backend/vbd/5/51712\nid 77-9-0\nboot b\n";
+        let with_id = parse_record(text, false).unwrap();
+        assert_eq!(with_id.binding, Some((2049, 12, None)));
+        assert_eq!(with_id.id.as_deref(), Some("77-9-0"));
+        assert_eq!(with_id.boot.as_deref(), Some("b"));
+        assert_eq!(with_id.record.tag, "xbh:backend/vbd/5/51712");
+        let seq_text = "2049 12 42 xbh:backend/vbd/5/51712\nid 77-9-0\n";
+        let with_seq = parse_record(seq_text, false).unwrap();
+        // A record of an earlier version: no id.
+        let old_no_seq = parse_record("2049 12 0 xbh:x\n", false).unwrap();
+        let old_seq = parse_record("2049 12 42 xbh:x\n", false).unwrap();
+        let b = |seq: Option<u64>, id: Option<&str>| Binding {
+            dev: 2049,
+            ino: 12,
+            diskseq: seq,
+            id: id.map(str::to_owned),
+        };
+        let ours = Some("77-9-0");
+        // (record, binding now, described)
+        let cases = [
+            // Kernels without diskseq: the id alone tells.
+            (&with_id, b(None, ours), true),
+            // An admin's losetup of the same image on the same number.
+            (&with_id, b(None, None), false),
+            // Another binding of ours (another attach) on that number.
+            (&with_id, b(None, Some("78-9-0")), false),
+            // An earlier version's, no diskseq: nothing tells, so never ours.
+            (&old_no_seq, b(None, None), false),
+            (&old_no_seq, b(None, ours), false),
+            // With diskseq: both must agree.
+            (&with_seq, b(Some(42), ours), true),
+            (&with_seq, b(Some(43), ours), false),
+            (&with_seq, b(Some(42), None), false),
+            (&old_seq, b(Some(42), None), true),
+            (&old_seq, b(Some(43), None), false),
+            // Another image.
+            (
+                &with_id,
+                Binding {
+                    ino: 13,
+                    ..b(None, ours)
+                },
+                false,
+            ),
+        ];
+        for (i, (r, binding, want)) in cases.iter().enumerate() {
+            assert_eq!(describes(r, binding), *want, "case {i}: {binding:?}");
+        }
+        // A pending record describes no binding by its text.
+        let pending = parse_record("xbh:x\nid 77-9-0\n", true).unwrap();
+        assert!(!describes(&pending, &b(None, ours)));
+        assert_eq!(parse_record("", false), None);
+        assert_eq!(parse_record("garbage\n", false), None);
+    }
+
+    #[test]
+    fn a_binding_made_after_a_device_was_judged_is_never_the_one_detached() {
+        let dir = TempDir::new();
+        let (a_path, a) = dir.image("a.img", true);
+        let (b_path, b) = dir.image("b.img", true);
+        let n = attach(&a, &a_path, false, "xbh:judged").unwrap().keep();
+        let guard = DetachOnDrop(n);
+        // remove (or cleanup) judges the device through its handle...
+        let judged = LoopDevice::open(n).unwrap().unwrap();
+        assert_eq!(judged.status().tag, "xbh:judged");
+        // ...meanwhile someone detaches it behind our back and an add
+        // attaches another image: while the handle is open, the number is
+        // not free, so the new binding gets another device.
+        detach(n).unwrap();
+        let other = attach(&b, &b_path, false, "").unwrap();
+        assert_ne!(other.number(), n);
+        judged.detach().unwrap();
+        // Detached: the number may be anyone's from now on.
+        std::mem::forget(guard);
+        wait_unused(&a_path);
+        assert_eq!(users(&b_path), vec![other.number()]);
     }
 
     #[test]
@@ -974,7 +1353,7 @@ mod tests {
         assert_eq!(users(&path), vec![number]);
         drop(guard);
         wait_unused(&path);
-        detach(number).unwrap(); // already free: still Ok
+        // No detach(number) here: once free, the number may be anyone's.
     }
 
     #[test]

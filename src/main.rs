@@ -16,7 +16,7 @@ use xen_block_hotplug::hotplug::{self, Job};
 use xen_block_hotplug::invocation::{self, Action, Invocation, Vars};
 use xen_block_hotplug::store::client::{DEFAULT_TIMEOUT, LONGEST_WAIT};
 use xen_block_hotplug::store::Store;
-use xen_block_hotplug::{cleanup, diagnose, logging, selftest};
+use xen_block_hotplug::{cleanup, diagnose, logging, records, selftest};
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!("xen-block-hotplug: {msg}");
@@ -45,6 +45,7 @@ fn main_code() -> ExitCode {
             return ExitCode::Success;
         }
     };
+    records::set_dir(cli.records_dir.clone());
     let mut vars = Vars::from_env();
     for (k, v) in &pairs {
         vars.set(k, v);

@@ -2,8 +2,14 @@
 //! kernel, against a private in-process xenstore (the simulator) and a
 //! private lock, so that neither the host's store nor its guests are
 //! touched. What an admin runs on a dom0 before switching.
+//!
+//! Everything it makes (images, the store's socket, the lock) lives in a
+//! directory it creates fresh under $TMPDIR with a random name and mode
+//! 0700, and each image is created new, never through a link: it runs as
+//! root in a directory every user can write.
 
-use std::fs::File;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -71,9 +77,12 @@ impl Drop for Leftovers {
 
 impl Bed {
     fn new(verbose: bool) -> Result<Bed> {
-        let dir =
-            std::env::temp_dir().join(format!("xen-block-hotplug-selftest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // A fresh directory of a random name, mode 0700, that did not exist
+        // (mkdtemp): /tmp is anyone's, and a name known in advance (the pid)
+        // let a user plant a directory of links to root's files there.
+        let template = std::env::temp_dir().join("xen-block-hotplug-selftest-XXXXXX");
+        let dir = nix::unistd::mkdtemp(&template)
+            .with_context(|| format!("creating a private directory {}", template.display()))?;
         let sim = Simulator::start(&dir.join("xenstored.sock"))
             .context("starting the private xenstore")?;
         let store = Store::open_socket(sim.socket_path())?;
@@ -89,7 +98,14 @@ impl Bed {
 
     fn image(&self, name: &str) -> Result<PathBuf> {
         let p = self.dir.join(name);
-        let f = File::create(&p).with_context(|| format!("creating {}", p.display()))?;
+        // A new file, never through a link (O_CREAT|O_EXCL|O_NOFOLLOW).
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&p)
+            .with_context(|| format!("creating {}", p.display()))?;
         f.set_len(4 << 20)?;
         Ok(p)
     }
@@ -179,12 +195,22 @@ fn file_case(bed: &Bed, domid: u32, mode: &str, left: &mut Leftovers) -> Result<
         st.read_only
     );
     ensure!(bed.run(Action::Remove, &b)?.is_success(), "remove failed");
-    ensure!(
-        loopdev::status(n)?.is_none(),
-        "{node} is still attached after remove"
-    );
+    ensure!(detached_soon(n)?, "{node} is still attached after remove");
     bed.forget(&b);
     Ok(())
+}
+
+/// Whether /dev/loopN is unbound within a few seconds: a detach while
+/// another process has the device open (udev's probe, any `losetup -l`)
+/// only marks it, and the kernel unbinds it at that process's close.
+fn detached_soon(n: u32) -> Result<bool> {
+    for _ in 0..500 {
+        if loopdev::status(n)?.is_none() {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(false)
 }
 
 fn phy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {

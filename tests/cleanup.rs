@@ -82,3 +82,46 @@ fn cleanup_detaches_only_this_stores_orphans() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(a.loops_of(&kept).is_empty());
 }
+
+#[test]
+fn cleanup_forgets_records_of_an_earlier_boot_without_touching_the_device() {
+    if !can_loop("cleanup_forgets_records_of_an_earlier_boot_without_touching_the_device") {
+        return;
+    }
+    let bed = Bed::new("cleanup-boot");
+    let records = bed.dir.join("records");
+    let img = bed.image("disk.img", 4);
+    let b = bed.backend(5, 51728, "file", img.to_str().unwrap(), "w");
+    let out = bed
+        .command(&b)
+        .env("XEN_BLOCK_HOTPLUG_RECORDS", &records)
+        .arg("add")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    // Its backend is gone: an orphan, were its record from this boot.
+    bed.sim.rm(&format!("/local/domain/0/{b}"));
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let mut rewritten = 0;
+    for e in std::fs::read_dir(&records).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let old = text.replace(boot.trim(), "00000000-0000-0000-0000-000000000000");
+        assert_ne!(old, text, "{} has no boot line", p.display());
+        std::fs::write(&p, old).unwrap();
+        rewritten += 1;
+    }
+    assert_eq!(rewritten, 1);
+    let out = bed
+        .command("")
+        .env_remove("XENBUS_PATH")
+        .env("XEN_BLOCK_HOTPLUG_RECORDS", &records)
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("no orphaned loop devices"), "{stdout}");
+    assert_eq!(bed.loops_of(&img).len(), 1, "a device was touched");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
+}

@@ -121,10 +121,24 @@ pub fn add(
         physical_device_path: dev_path,
         diskseq: attached.diskseq(),
     };
-    // On error `attached` is dropped here, which detaches it.
-    job.commit(store, &out)?;
-    attached.keep();
-    Ok(())
+    match job.commit(store, &out) {
+        Ok(()) => {
+            attached.keep();
+            Ok(())
+        }
+        // The physical-device write may still land and blkback open the
+        // device: detaching it now could hand the guest whatever binds the
+        // number next. Kept; `cleanup` detaches it if nothing names it.
+        Err(e) if crate::hotplug::outcome_unknown(&e) => {
+            let n = attached.keep();
+            log::warn!(
+                "kept /dev/loop{n}: whether physical-device reached xenstore is unknown; cleanup detaches it unless the backend names it"
+            );
+            Err(e)
+        }
+        // A definite refusal: `attached` is dropped here, which detaches it.
+        Err(e) => Err(e),
+    }
 }
 
 /// Refuses (Busy) when the image's other loop devices are in a use that
@@ -184,14 +198,27 @@ pub enum Decision {
 /// Decides on the loop device `st` named by the backend's `node`. `tag` is
 /// this backend's tag, `recorded` the diskseq written at add, `current` the
 /// device's diskseq now, `image` the (dev, inode) of `params` now, if it
-/// still exists.
+/// still exists, `other_store` the xenstore the device's record says it
+/// serves when that is not this one.
 pub fn decide(
     st: &LoopStatus,
     tag: &str,
     recorded: Option<u64>,
     current: Option<u64>,
     image: Option<(u64, u64)>,
+    other_store: Option<&str>,
 ) -> Decision {
+    // The tag names a backend path, which another store (a test's
+    // simulator) has too; without diskseq (kernels before 5.15) nothing
+    // else would tell its device from ours.
+    if let Some(s) = other_store {
+        let s = if s.is_empty() {
+            "the host's xenstore"
+        } else {
+            s
+        };
+        return Decision::Leave(format!("it serves a backend of {s}"));
+    }
     if let (Some(r), Some(c)) = (recorded, current) {
         if r != c {
             return Decision::Leave(format!(
@@ -217,7 +244,7 @@ pub fn decide(
     }
 }
 
-pub fn remove(job: &Job, inputs: &Inputs) -> Result<()> {
+pub fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
     let inv = &job.inv;
     let Some(node) = inputs.node.as_deref() else {
         return Ok(());
@@ -235,17 +262,26 @@ pub fn remove(job: &Job, inputs: &Inputs) -> Result<()> {
         .and_then(|p| std::fs::metadata(p).ok())
         .map(|m| (m.dev(), m.ino()));
     let _lock = job.lock()?;
-    let Some(st) = loopdev::status(n).with_context(|| format!("examining {node}"))? else {
+    // One descriptor for the judgement and the detach: the binding judged
+    // is the binding detached (see loopdev::LoopDevice).
+    let Some(dev) = loopdev::LoopDevice::open(n).with_context(|| format!("examining {node}"))?
+    else {
         log::info!("{node} is already free");
         return Ok(());
     };
-    let current = loopdev::diskseq(n).with_context(|| format!("examining {node}"))?;
+    let st = dev.status();
+    // Read through the same descriptor as the rest of the judgement.
+    let served = dev
+        .record()
+        .map(|r| r.store)
+        .filter(|s| s != store.identity());
     match decide(
         &st,
         &tag(&inv.key),
         inputs.recorded_diskseq(),
-        current,
+        dev.diskseq(),
         image,
+        served.as_deref(),
     ) {
         Decision::Leave(why) => {
             log::warn!("not detaching {node}: {why}");
@@ -256,11 +292,51 @@ pub fn remove(job: &Job, inputs: &Inputs) -> Result<()> {
             Ok(())
         }
         Decision::Detach => {
-            loopdev::detach(n).with_context(|| format!("detaching {node}"))?;
+            dev.detach().with_context(|| format!("detaching {node}"))?;
             log::info!("detached {node} ({})", st.backing_file);
             Ok(())
         }
     }
+}
+
+/// `remove` when the backend directory is gone already (a forced destroy,
+/// libvirt, a driver domain deleted it first): no `type`, `node` or
+/// `params` say what the disk was, but our records name the backend (its
+/// tag) and the store, so the device recorded for it is found and, being
+/// this binding's own (same image, diskseq and id: the record describes
+/// it) and not an add still running, detached. A phy disk has nothing to
+/// undo, and a block-TYPE helper's cannot be undone without its nodes;
+/// the log says so.
+pub fn remove_gone(job: &Job, store: &Store) -> Result<()> {
+    let inv = &job.inv;
+    let tag = tag(&inv.key);
+    log::info!(
+        "backend {} is gone, so its type is unknown: detaching the loop device recorded for it, if any (a phy disk has nothing to undo; a block-TYPE helper's disk is left to its helper)",
+        inv.backend
+    );
+    if tag.len() >= 63 {
+        log::warn!("its tag is cut short in the kernel, so no device is detached");
+        return Ok(());
+    }
+    let _lock = job.lock()?;
+    let devices = loopdev::recorded_for(&tag, store.identity())
+        .context("finding the loop devices recorded for it")?;
+    if devices.is_empty() {
+        log::info!("no loop device is recorded for it: nothing to detach");
+    }
+    for dev in devices {
+        let node = format!("/dev/loop{}", dev.number());
+        let st = dev.status();
+        if dev.record().is_some_and(|r| r.owner_alive()) {
+            log::warn!("not detaching {node}: the add that attached it is still running");
+        } else if job.dry_run {
+            println!("would detach {node} ({})", st.backing_file);
+        } else {
+            dev.detach().with_context(|| format!("detaching {node}"))?;
+            log::info!("detached {node} ({}), recorded for it", st.backing_file);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -288,35 +364,43 @@ mod tests {
     fn detaches_only_its_own_device() {
         let me = tag("backend/vbd/5/51728");
         assert_eq!(
-            decide(&st(&me, 1, 2), &me, Some(9), Some(9), None),
+            decide(&st(&me, 1, 2), &me, Some(9), Some(9), None, None),
             Decision::Detach
         );
         assert_eq!(
-            decide(&st(&me, 1, 2), &me, None, Some(9), Some((1, 2))),
+            decide(&st(&me, 1, 2), &me, None, Some(9), Some((1, 2)), None),
             Decision::Detach
         );
         // Re-attached since: diskseq moved on.
         assert!(matches!(
-            decide(&st(&me, 1, 2), &me, Some(9), Some(10), Some((1, 2))),
+            decide(&st(&me, 1, 2), &me, Some(9), Some(10), Some((1, 2)), None),
             Decision::Leave(_)
         ));
+        // The same backend path in another store: never ours, whatever
+        // the tag, with or without diskseq.
+        for store in ["/tmp/other/xenstored.sock", ""] {
+            assert!(matches!(
+                decide(&st(&me, 1, 2), &me, None, None, Some((1, 2)), Some(store)),
+                Decision::Leave(_)
+            ));
+        }
         // Re-used by another backend of ours.
         let other = tag("backend/vbd/6/51728");
         assert!(matches!(
-            decide(&st(&other, 1, 2), &me, None, None, Some((1, 2))),
+            decide(&st(&other, 1, 2), &me, None, None, Some((1, 2)), None),
             Decision::Leave(_)
         ));
         // Stock-attached (untagged): by the image's identity only.
         assert_eq!(
-            decide(&st("", 1, 2), &me, None, None, Some((1, 2))),
+            decide(&st("", 1, 2), &me, None, None, Some((1, 2)), None),
             Decision::Detach
         );
         assert!(matches!(
-            decide(&st("", 1, 3), &me, None, None, Some((1, 2))),
+            decide(&st("", 1, 3), &me, None, None, Some((1, 2)), None),
             Decision::Leave(_)
         ));
         assert!(matches!(
-            decide(&st("", 1, 2), &me, None, None, None),
+            decide(&st("", 1, 2), &me, None, None, None, None),
             Decision::Leave(_)
         ));
     }
