@@ -6,11 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{can_loop, Bed};
+use common::{can_loop, Bed, SimBed};
 use xen_block_hotplug::sim::{Fault, Which};
 
 /// How many requests a whole add makes (the commit batch is the last 6).
-fn add_requests(bed: &Bed) -> u64 {
+fn add_requests(bed: &SimBed) -> u64 {
     let img = bed.image("probe.img", 4);
     let b = bed.backend(1, 51712, "file", img.to_str().unwrap(), "w");
     let before = bed.sim.requests_arrived();
@@ -25,7 +25,7 @@ fn an_add_whose_physical_device_write_times_out_keeps_the_device_for_cleanup() {
     if !can_loop("an_add_whose_physical_device_write_times_out_keeps_the_device_for_cleanup") {
         return;
     }
-    let bed = Bed::new("commit-timeout");
+    let bed = Bed::with_simulator("commit-timeout");
     let total = add_requests(&bed);
     let img = bed.image("slow.img", 4);
     let b = bed.backend(2, 51712, "file", img.to_str().unwrap(), "w");
@@ -62,7 +62,7 @@ fn an_add_whose_writes_never_land_leaves_its_device_to_cleanup() {
     if !can_loop("an_add_whose_writes_never_land_leaves_its_device_to_cleanup") {
         return;
     }
-    let bed = Bed::new("commit-lost");
+    let bed = Bed::with_simulator("commit-lost");
     let total = add_requests(&bed);
     let img = bed.image("lost.img", 4);
     let b = bed.backend(3, 51712, "file", img.to_str().unwrap(), "w");
