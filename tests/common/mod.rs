@@ -5,6 +5,7 @@
 //! detached by a guard, even when it fails.
 #![allow(dead_code)]
 
+pub mod kernel;
 pub mod store;
 pub mod xenstored;
 pub mod xl;
@@ -173,7 +174,7 @@ impl Bed {
 
     /// `command` for another build of the binary (the benchmark's static one).
     pub fn command_of(&self, program: &Path, backend: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = kernel::command(program); // XBH_KERNEL: under examples/oldkernel
         c.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("XENSTORED_PATH", self.sim.socket_path())
@@ -208,7 +209,7 @@ impl Bed {
     /// `diagnose ARGS` against the bed's store, lock and hotplug log
     /// (`dir/xen-hotplug.log`).
     pub fn diagnose(&self, args: &[&str]) -> Run {
-        Command::new(BIN)
+        kernel::command(Path::new(BIN))
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("XENSTORED_PATH", self.sim.socket_path())

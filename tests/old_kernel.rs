@@ -1,0 +1,94 @@
+//! The binary on a kernel that looks like Oracle VM 3.x's 4.1, through
+//! examples/oldkernel.rs: no LOOP_CONFIGURE (so LOOP_SET_FD +
+//! LOOP_SET_STATUS64), no BLKGETDISKSEQ (so no `diskseq` node), no statx
+//! (so Rust std's fstatat), no clone3. The whole suites run this way with
+//! `XBH_KERNEL=4.1` (.ci/run); these tests hold the wrapper to it on every
+//! `cargo test`.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use common::{can_loop, kernel, Bed, Run, BIN};
+use xen_block_hotplug::loopdev;
+
+/// `ACTION` on `backend`, run by the bed under a kernel that looks like 4.1.
+fn run_4_1(bed: &Bed, action: &str, backend: &str) -> Run {
+    bed.command_of(kernel::wrapper(), backend)
+        .args(["--kernel", "4.1", "--", BIN, action])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the binary under the wrapper")
+        .into()
+}
+
+/// Add under 4.1, check what a user would check, remove under 4.1.
+fn cycle(mode: &str, read_only: bool) {
+    let bed = Bed::new(&format!("old-kernel-{mode}"));
+    let img = bed.image("disk.img", 8);
+    let b = bed.backend(9, 51712, "file", img.to_str().unwrap(), mode);
+
+    let r = run_4_1(&bed, "add", &b);
+    assert_eq!(r.code, 0, "add under 4.1: {}", r.stderr);
+    assert_eq!(bed.node(&b, "hotplug-status").as_deref(), Some("connected"));
+    let n = bed.loop_of(&b).expect("node names a loop device");
+    let dev = format!("/dev/loop{n}");
+    assert_eq!(bed.node(&b, "physical-device-path"), Some(dev.clone()));
+    let rdev = std::fs::metadata(&dev).expect("stat of the device").rdev();
+    assert_eq!(
+        bed.node(&b, "physical-device"),
+        Some(format!(
+            "{:x}:{:x}",
+            nix::sys::stat::major(rdev),
+            nix::sys::stat::minor(rdev)
+        ))
+    );
+    // The kernel's view of the device: backing file and read-only flag.
+    let st = loopdev::status(n)
+        .expect("status of the loop device")
+        .expect("the loop device is bound");
+    let m = std::fs::metadata(&img).expect("stat of the image");
+    assert_eq!((st.backing_dev, st.backing_inode), (m.dev(), m.ino()));
+    assert_eq!(Path::new(&st.backing_file), img.as_path());
+    assert_eq!(st.read_only, read_only, "read-only flag of {dev}");
+    // This kernel has a diskseq for it; the binary was not allowed to see it.
+    assert_eq!(bed.node(&b, "diskseq"), None);
+
+    let r = run_4_1(&bed, "remove", &b);
+    assert_eq!(r.code, 0, "remove under 4.1: {}", r.stderr);
+    assert!(bed.loops_of(&img).is_empty(), "{dev} is still attached");
+}
+
+#[test]
+fn a_read_only_image_attaches_on_a_4_1_kernel_and_writes_no_diskseq() {
+    if !can_loop("a_read_only_image_attaches_on_a_4_1_kernel_and_writes_no_diskseq") {
+        return;
+    }
+    cycle("r", true);
+}
+
+#[test]
+fn a_writable_image_attaches_on_a_4_1_kernel_and_remove_detaches_it() {
+    if !can_loop("a_writable_image_attaches_on_a_4_1_kernel_and_remove_detaches_it") {
+        return;
+    }
+    cycle("w", false);
+}
+
+#[test]
+fn selftest_passes_on_a_4_1_kernel() {
+    if !can_loop("selftest_passes_on_a_4_1_kernel") {
+        return;
+    }
+    let r: Run = kernel::command_under(Some("4.1"), Path::new(BIN))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .arg("selftest")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running selftest under the wrapper")
+        .into();
+    assert_eq!(r.code, 0, "selftest under 4.1: {}{}", r.stdout, r.stderr);
+}
