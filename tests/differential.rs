@@ -193,19 +193,33 @@ impl Rig {
     }
 
     /// The bed's loop devices: (image, read-only), sorted.
+    /// Once the detaches already requested have happened: a LOOP_CLR_FD
+    /// while another process (any test's status scan) has the device open
+    /// only sets autoclear (see `Bed::loops_of`).
     fn loops(&self) -> Vec<(String, bool)> {
         let images = self.images();
-        let mut v: Vec<(String, bool)> = loopdev::all_bound()
-            .expect("listing loop devices")
-            .into_iter()
-            .filter_map(|st| {
-                images
-                    .get(&(st.backing_dev, st.backing_inode))
-                    .map(|i| (i.clone(), st.read_only))
-            })
-            .collect();
-        v.sort();
-        v
+        let settle = Instant::now() + Duration::from_secs(5);
+        loop {
+            let bound: Vec<_> = loopdev::all_bound()
+                .expect("listing loop devices")
+                .into_iter()
+                .filter(|st| images.contains_key(&(st.backing_dev, st.backing_inode)))
+                .collect();
+            if bound.iter().any(|st| common::detaching(st.number)) && Instant::now() < settle {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            let mut v: Vec<(String, bool)> = bound
+                .iter()
+                .filter_map(|st| {
+                    images
+                        .get(&(st.backing_dev, st.backing_inode))
+                        .map(|i| (i.clone(), st.read_only))
+                })
+                .collect();
+            v.sort();
+            return v;
+        }
     }
 
     /// Runs `action` and records what it left.
@@ -652,9 +666,11 @@ fn connected_without_device(o: &Outcome) -> bool {
 }
 
 fn kernel_has_diskseq() -> bool {
-    std::fs::read_dir("/sys/block")
-        .map(|d| d.flatten().any(|e| e.path().join("diskseq").exists()))
-        .unwrap_or(false)
+    // XBH_KERNEL before 5.15 hides it from the binary.
+    !common::kernel::hides_diskseq()
+        && std::fs::read_dir("/sys/block")
+            .map(|d| d.flatten().any(|e| e.path().join("diskseq").exists()))
+            .unwrap_or(false)
 }
 
 static DEFECTS: &[Defect] = &[

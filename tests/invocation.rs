@@ -13,7 +13,7 @@ use support::{assert_file_connected, bed_loops, snapshot, ChildGuard};
 /// `bed.command(backend)`'s environment around another program path.
 fn command_via(bed: &Bed, program: &Path, backend: &str) -> Command {
     let base = bed.command(backend);
-    let mut c = Command::new(program);
+    let mut c = common::kernel::command(program);
     c.env_clear().stdin(Stdio::null());
     for (k, v) in base.get_envs() {
         if let Some(v) = v {
