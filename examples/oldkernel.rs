@@ -17,6 +17,11 @@
 //!   and ENOTTY for BLKGETDISKSEQ (5.15; the product then writes no
 //!   `diskseq` node and judges devices without one).
 //!
+//! `--die-at-ioctl NAME|0xHEX` also kills the process when it issues that
+//! ioctl, before the kernel runs it: a crash at an exact point of the old
+//! path (after LOOP_SET_FD, before LOOP_SET_STATUS64), as udev's or the
+//! toolstack's timeout would kill a hotplug script.
+//!
 //! It cannot hide newer sysfs or procfs files, newer flags to old calls, or
 //! changed behaviour of old calls; see README ("Oracle VM 3.x and other
 //! EL6-era dom0s") for what the old-kernel runs do and do not prove. It is a
@@ -181,26 +186,99 @@ fn filters(v: Version) -> Result<Vec<BpfProgram>, seccompiler::Error> {
         .collect()
 }
 
-const USAGE: &str = "usage: oldkernel --kernel X.Y -- PROGRAM [ARGS...]";
+/// Loop ioctls `--die-at-ioctl` knows by name.
+const IOCTL_NAMES: &[(&str, u32)] = &[
+    ("LOOP_SET_FD", 0x4C00),
+    ("LOOP_CLR_FD", 0x4C01),
+    ("LOOP_SET_STATUS64", 0x4C04),
+    ("LOOP_CONFIGURE", 0x4C0A),
+];
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+struct Options {
+    kernel: Version,
+    /// Kill the process when it issues this ioctl (before the kernel runs
+    /// it): a crash at an exact point, e.g. between LOOP_SET_FD and
+    /// LOOP_SET_STATUS64, which only exists on kernels before 5.8.
+    die_at_ioctl: Option<u32>,
+    program: Vec<String>,
+}
+
+const USAGE: &str =
+    "usage: oldkernel --kernel X.Y [--die-at-ioctl NAME|0xHEX] -- PROGRAM [ARGS...]";
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut kernel = None;
+    let mut die_at_ioctl = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--kernel" => {
+                let v = it.next().ok_or("--kernel needs X.Y")?;
+                kernel =
+                    Some(parse_version(v).ok_or(format!("{v:?} is not a kernel version X.Y"))?);
+            }
+            "--die-at-ioctl" => {
+                let v = it.next().ok_or("--die-at-ioctl needs an ioctl")?;
+                let cmd = match IOCTL_NAMES.iter().find(|(n, _)| n == v) {
+                    Some((_, c)) => Some(*c),
+                    None => v
+                        .strip_prefix("0x")
+                        .and_then(|h| u32::from_str_radix(h, 16).ok()),
+                };
+                die_at_ioctl = Some(cmd.ok_or(format!("{v:?} is not a known ioctl nor 0xHEX"))?);
+            }
+            "--" => {
+                let program: Vec<String> = it.cloned().collect();
+                if program.is_empty() {
+                    return Err("no PROGRAM after --".into());
+                }
+                return Ok(Options {
+                    kernel: kernel.ok_or("--kernel X.Y is required")?,
+                    die_at_ioctl,
+                    program,
+                });
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Err("no -- PROGRAM".into())
+}
+
+/// The filter that kills the process at ioctl `cmd`.
+fn die_filter(cmd: u32) -> Result<BpfProgram, seccompiler::Error> {
+    let rule = SeccompRule::new(vec![SeccompCondition::new(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        cmd.into(),
+    )?])?;
+    let f = SeccompFilter::new(
+        [(libc::SYS_ioctl, vec![rule])].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::KillProcess,
+        TargetArch::x86_64,
+    )?;
+    Ok(BpfProgram::try_from(f)?)
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (version, program) = match args.as_slice() {
-        [k, v, dash, rest @ ..] if k == "--kernel" && dash == "--" && !rest.is_empty() => {
-            match parse_version(v) {
-                Some(v) => (v, rest),
-                None => {
-                    eprintln!("oldkernel: {v:?} is not a kernel version X.Y\n{USAGE}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        _ => {
-            eprintln!("{USAGE}");
+    let opts = match parse_args(&args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("oldkernel: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    let progs = match filters(version) {
+    let progs = filters(opts.kernel).and_then(|mut p| {
+        if let Some(cmd) = opts.die_at_ioctl {
+            p.push(die_filter(cmd)?);
+        }
+        Ok(p)
+    });
+    let progs = match progs {
         Ok(p) => p,
         Err(e) => {
             eprintln!("oldkernel: building the filter: {e}");
@@ -213,6 +291,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let program = &opts.program;
     let e = Command::new(&program[0]).args(&program[1..]).exec();
     eprintln!("oldkernel: running {}: {e}", program[0]);
     ExitCode::from(127)
@@ -236,6 +315,45 @@ mod tests {
             (".1", None),
         ] {
             assert_eq!(parse_version(s), v, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_read_as_documented() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let ok = |kernel, die_at_ioctl, program: &str| {
+            Ok(Options {
+                kernel,
+                die_at_ioctl,
+                program: args(program),
+            })
+        };
+        for (line, want) in [
+            ("--kernel 4.1 -- /bin/true", ok((4, 1), None, "/bin/true")),
+            (
+                "--kernel 4.1 -- prog -- --kernel",
+                ok((4, 1), None, "prog -- --kernel"),
+            ),
+            (
+                "--kernel 5.4 --die-at-ioctl LOOP_SET_STATUS64 -- prog add",
+                ok((5, 4), Some(0x4C04), "prog add"),
+            ),
+            (
+                "--die-at-ioctl 0x4c00 --kernel 3.2 -- p",
+                ok((3, 2), Some(0x4C00), "p"),
+            ),
+        ] {
+            assert_eq!(parse_args(&args(line)), want, "{line}");
+        }
+        for bad in [
+            "--kernel 4.1",
+            "--kernel 4.1 --",
+            "-- prog",
+            "--kernel four -- prog",
+            "--kernel 4.1 --die-at-ioctl LOOP_FOO -- prog",
+            "--kernel 4.1 --verbose -- prog",
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad}");
         }
     }
 
@@ -346,6 +464,28 @@ mod tests {
                 assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
                 assert!(libc::WIFEXITED(status), "child status {status:#x}");
                 libc::WEXITSTATUS(status)
+            }
+        }
+    }
+
+    #[test]
+    fn die_at_ioctl_kills_the_process_before_the_call() {
+        let die = die_filter(0x4C04).unwrap();
+        // SAFETY: the child installs a prebuilt filter, makes one call, exits.
+        match unsafe { libc::fork() } {
+            0 => {
+                if seccompiler::apply_filter(&die).is_err() {
+                    unsafe { libc::_exit(255) };
+                }
+                ioctl_on_dev_null(0x4C04);
+                unsafe { libc::_exit(0) }
+            }
+            pid => {
+                assert!(pid > 0, "fork failed");
+                let mut status = 0;
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                assert!(libc::WIFSIGNALED(status), "child status {status:#x}");
+                assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
             }
         }
     }
