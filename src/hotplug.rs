@@ -108,7 +108,7 @@ fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
         }
     }
     // Only a file backend has a `node`; phy and empty drives have nothing to undo.
-    kind::file::remove(job, inputs)
+    kind::file::remove(job, store, inputs)
 }
 
 /// Runs the job against `store`.

@@ -139,3 +139,49 @@ fn an_add_killed_between_set_fd_and_set_status_leaves_no_device_after_cleanup() 
         r.stdout
     );
 }
+
+/// Without diskseq only the tag and the image tell a device's binding
+/// apart; the tag names the backend path, which another store (here a
+/// second bed; on a host, a later guest with the same domid and device)
+/// may give the same name.
+#[test]
+fn remove_without_diskseq_leaves_a_reused_device_backing_another_image_alone() {
+    if !can_loop("remove_without_diskseq_leaves_a_reused_device_backing_another_image_alone") {
+        return;
+    }
+    let first = Bed::new("old-kernel-reuse-a");
+    let second = Bed::new("old-kernel-reuse-b");
+    let img_a = first.image("a.img", 8);
+    let img_b = second.image("b.img", 8);
+    let a = first.backend(7, 51712, "file", img_a.to_str().unwrap(), "w");
+    let b = second.backend(7, 51712, "file", img_b.to_str().unwrap(), "w");
+    assert_eq!(a, b, "the same backend path in both stores");
+
+    let r = run_4_1(&first, "add", &a);
+    assert_eq!(r.code, 0, "add under 4.1: {}", r.stderr);
+    let n = first.loop_of(&a).expect("node names a loop device");
+    // Freed behind the tool's back, then bound again for the other store.
+    loopdev::detach(n).expect("detaching the first disk");
+    let r = run_4_1(&second, "add", &b);
+    assert_eq!(r.code, 0, "add under 4.1: {}", r.stderr);
+    let m = second.loop_of(&b).expect("node names a loop device");
+    if m != n {
+        // Another process took n meanwhile: point `a` at b's device, which
+        // is the situation the test is about.
+        first.sim.write(
+            &format!("/local/domain/0/{a}/node"),
+            &format!("/dev/loop{m}"),
+        );
+    }
+
+    let r = run_4_1(&first, "remove", &a);
+    assert_eq!(r.code, 0, "remove under 4.1: {}", r.stderr);
+    assert_eq!(
+        second.loops_of(&img_b).len(),
+        1,
+        "the other store's disk is still attached"
+    );
+    let r = run_4_1(&second, "remove", &b);
+    assert_eq!(r.code, 0, "remove under 4.1: {}", r.stderr);
+    assert!(second.loops_of(&img_b).is_empty());
+}

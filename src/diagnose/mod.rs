@@ -564,7 +564,8 @@ fn check_loop(
     lc.read_only = Some(st.read_only);
     lc.diskseq = current.map(|s| format!("{s:x}"));
     lc.backs_image = image.map(|id| id == (st.backing_dev, st.backing_inode));
-    let decision = file::decide(&st, &file::tag(&inv.key), recorded, current, image);
+    // None: only `remove` compares the record's store with its own.
+    let decision = file::decide(&st, &file::tag(&inv.key), recorded, current, image, None);
     // Another backing file is the plainest reason to give; the tag and the
     // diskseq tell the rest.
     lc.not_ours = match (lc.backs_image, decision) {

@@ -184,14 +184,27 @@ pub enum Decision {
 /// Decides on the loop device `st` named by the backend's `node`. `tag` is
 /// this backend's tag, `recorded` the diskseq written at add, `current` the
 /// device's diskseq now, `image` the (dev, inode) of `params` now, if it
-/// still exists.
+/// still exists, `other_store` the xenstore the device's record says it
+/// serves when that is not this one.
 pub fn decide(
     st: &LoopStatus,
     tag: &str,
     recorded: Option<u64>,
     current: Option<u64>,
     image: Option<(u64, u64)>,
+    other_store: Option<&str>,
 ) -> Decision {
+    // The tag names a backend path, which another store (a test's
+    // simulator) has too; without diskseq (kernels before 5.15) nothing
+    // else would tell its device from ours.
+    if let Some(s) = other_store {
+        let s = if s.is_empty() {
+            "the host's xenstore"
+        } else {
+            s
+        };
+        return Decision::Leave(format!("it serves a backend of {s}"));
+    }
     if let (Some(r), Some(c)) = (recorded, current) {
         if r != c {
             return Decision::Leave(format!(
@@ -217,7 +230,7 @@ pub fn decide(
     }
 }
 
-pub fn remove(job: &Job, inputs: &Inputs) -> Result<()> {
+pub fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
     let inv = &job.inv;
     let Some(node) = inputs.node.as_deref() else {
         return Ok(());
@@ -240,12 +253,17 @@ pub fn remove(job: &Job, inputs: &Inputs) -> Result<()> {
         return Ok(());
     };
     let current = loopdev::diskseq(n).with_context(|| format!("examining {node}"))?;
+    let served = loopdev::record(n)
+        .with_context(|| format!("examining {node}"))?
+        .map(|r| r.store)
+        .filter(|s| s != store.identity());
     match decide(
         &st,
         &tag(&inv.key),
         inputs.recorded_diskseq(),
         current,
         image,
+        served.as_deref(),
     ) {
         Decision::Leave(why) => {
             log::warn!("not detaching {node}: {why}");
@@ -288,35 +306,43 @@ mod tests {
     fn detaches_only_its_own_device() {
         let me = tag("backend/vbd/5/51728");
         assert_eq!(
-            decide(&st(&me, 1, 2), &me, Some(9), Some(9), None),
+            decide(&st(&me, 1, 2), &me, Some(9), Some(9), None, None),
             Decision::Detach
         );
         assert_eq!(
-            decide(&st(&me, 1, 2), &me, None, Some(9), Some((1, 2))),
+            decide(&st(&me, 1, 2), &me, None, Some(9), Some((1, 2)), None),
             Decision::Detach
         );
         // Re-attached since: diskseq moved on.
         assert!(matches!(
-            decide(&st(&me, 1, 2), &me, Some(9), Some(10), Some((1, 2))),
+            decide(&st(&me, 1, 2), &me, Some(9), Some(10), Some((1, 2)), None),
             Decision::Leave(_)
         ));
+        // The same backend path in another store: never ours, whatever
+        // the tag, with or without diskseq.
+        for store in ["/tmp/other/xenstored.sock", ""] {
+            assert!(matches!(
+                decide(&st(&me, 1, 2), &me, None, None, Some((1, 2)), Some(store)),
+                Decision::Leave(_)
+            ));
+        }
         // Re-used by another backend of ours.
         let other = tag("backend/vbd/6/51728");
         assert!(matches!(
-            decide(&st(&other, 1, 2), &me, None, None, Some((1, 2))),
+            decide(&st(&other, 1, 2), &me, None, None, Some((1, 2)), None),
             Decision::Leave(_)
         ));
         // Stock-attached (untagged): by the image's identity only.
         assert_eq!(
-            decide(&st("", 1, 2), &me, None, None, Some((1, 2))),
+            decide(&st("", 1, 2), &me, None, None, Some((1, 2)), None),
             Decision::Detach
         );
         assert!(matches!(
-            decide(&st("", 1, 3), &me, None, None, Some((1, 2))),
+            decide(&st("", 1, 3), &me, None, None, Some((1, 2)), None),
             Decision::Leave(_)
         ));
         assert!(matches!(
-            decide(&st("", 1, 2), &me, None, None, None),
+            decide(&st("", 1, 2), &me, None, None, None, None),
             Decision::Leave(_)
         ));
     }
