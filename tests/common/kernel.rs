@@ -74,7 +74,12 @@ pub fn command_under(version: Option<&str>, program: &Path) -> Command {
     }
 }
 
-/// `program` as a Command, under the wrapper when XBH_KERNEL is set.
+/// `program` as a Command, under the wrapper when XBH_KERNEL is set (the
+/// wrapper itself is not wrapped: below 3.17 it could not install its own
+/// filter, seccomp(2) being taken away).
 pub fn command(program: &Path) -> Command {
-    command_under(pretended().as_deref(), program)
+    match pretended() {
+        Some(v) if program != wrapper() => command_under(Some(&v), program),
+        _ => Command::new(program),
+    }
 }
