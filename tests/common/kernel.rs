@@ -83,7 +83,8 @@ pub fn command_under(version: Option<&str>, program: &Path) -> Command {
 /// test build of the binary run PATH instead (the packaged static build:
 /// `XBH_BINARY=target/x86_64-unknown-linux-musl/release/xen-block-hotplug`).
 pub fn command(program: &Path) -> Command {
-    let substitute = std::env::var_os("XBH_BINARY").filter(|_| program == Path::new(super::BIN));
+    let substitute = std::env::var_os("XBH_BINARY")
+        .filter(|b| !b.is_empty() && program == Path::new(super::BIN));
     let program = substitute.as_deref().map_or(program, Path::new);
     match pretended() {
         Some(v) if program != wrapper() => command_under(Some(&v), program),
