@@ -9,8 +9,8 @@
 //!
 //! One long-lived process (`sleep`) makes and holds the namespace; every
 //! command enters it with setns(2) before exec, so they share its /var.
-//! The store is the bed's simulator, bind-mounted onto the socket path; a
-//! real xenstored would be bound the same way (see `store_socket`).
+//! The store is the bed's (Debian's real xenstored, or the simulator with
+//! XBH_STORE=sim), its socket bind-mounted onto the socket path.
 //! Skipped loudly where mount namespaces cannot be made (not root, or a
 //! container that forbids unshare).
 
@@ -41,9 +41,8 @@ struct Layout {
     ns: File,
 }
 
-/// The socket the layout offers as xenstored's. Today the bed's simulator;
-/// when the real xenstored is available to the tests (Debian's, started
-/// on a private socket by the test bed), return its socket here.
+/// The socket the layout offers as xenstored's: the bed's store, the real
+/// xenstored unless XBH_STORE=sim.
 fn store_socket(bed: &Bed) -> PathBuf {
     bed.sim.socket_path().to_path_buf()
 }
@@ -212,9 +211,6 @@ fn the_el6_layout_is_what_libxenstore_expects() {
 }
 
 #[test]
-#[ignore = "waits for xenstored discovery at /var/run/xenstored/socket (helper `store`, \
-            issue 12 item 1) and records under /var/run/xen-block-hotplug (helper \
-            `records`, item 2); today add fails: no xenstored at /run/xenstored/socket"]
 fn add_remove_cleanup_diagnose_and_selftest_work_on_an_el6_layout() {
     if !can_loop("add_remove_cleanup_diagnose_and_selftest_work_on_an_el6_layout") {
         return;

@@ -5,6 +5,9 @@
 //! ENOTTY), so the suites exercise the fallbacks an Oracle VM 3.x dom0
 //! takes. Unset, nothing changes.
 //!
+//! XBH_BINARY=PATH makes those runs use another build of the binary (the
+//! packaged static one), so the shipped build is tested the same way.
+//!
 //! `cargo test --test NAME` does not build examples, so the first wrapped
 //! run builds the wrapper with the cargo that runs the tests (cargo has
 //! released its lock by then), in the binary's own profile.
@@ -76,8 +79,13 @@ pub fn command_under(version: Option<&str>, program: &Path) -> Command {
 
 /// `program` as a Command, under the wrapper when XBH_KERNEL is set (the
 /// wrapper itself is not wrapped: below 3.17 it could not install its own
-/// filter, seccomp(2) being taken away).
+/// filter, seccomp(2) being taken away). With XBH_BINARY=PATH, runs of the
+/// test build of the binary run PATH instead (the packaged static build:
+/// `XBH_BINARY=target/x86_64-unknown-linux-musl/release/xen-block-hotplug`).
 pub fn command(program: &Path) -> Command {
+    let substitute = std::env::var_os("XBH_BINARY")
+        .filter(|b| !b.is_empty() && program == Path::new(super::BIN));
+    let program = substitute.as_deref().map_or(program, Path::new);
     match pretended() {
         Some(v) if program != wrapper() => command_under(Some(&v), program),
         _ => Command::new(program),
