@@ -101,12 +101,28 @@ impl State {
             Op::Directory => {
                 let p = name(0)?.abs;
                 let reply = nul_terminated(self.view(conn, tx, &p, true)?.children(&p)?);
-                // Real xenstored answers E2BIG and the client retries with
-                // DIRECTORY_PART, which this simulator does not offer.
+                // As xenstored: too long for one payload is E2BIG, and the
+                // client lists again with DIRECTORY_PART.
                 if reply.len() > PAYLOAD_MAX {
                     return Err(Errno::E2big);
                 }
                 Ok(reply)
+            }
+            Op::DirectoryPart => {
+                // Exactly the path and the offset, as xenstored insists.
+                if args.len() != 2 || req.payload.last() != Some(&0) {
+                    return Err(Errno::Einval);
+                }
+                let p = name(0)?.abs;
+                // xenstored reads the offset with atoi(); a client of ours
+                // sending anything but a number is a bug worth seeing.
+                let offset = std::str::from_utf8(arg(1)?)
+                    .ok()
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .ok_or(Errno::Einval)?;
+                let view = self.view(conn, tx, &p, true)?;
+                let list = nul_terminated(view.children(&p)?);
+                Ok(directory_part(view.generation_of(&p), &list, offset))
             }
             Op::GetPerms => {
                 let p = name(0)?.abs;
@@ -203,8 +219,7 @@ impl State {
             | Op::Release
             | Op::IsDomainIntroduced
             | Op::Resume
-            | Op::SetTarget
-            | Op::DirectoryPart => Err(Errno::Enosys),
+            | Op::SetTarget => Err(Errno::Enosys),
             Op::WatchEvent | Op::Error => Err(Errno::Einval),
         }
     }
@@ -282,6 +297,33 @@ fn nul_terminated<S: AsRef<[u8]>>(items: impl IntoIterator<Item = S>) -> Vec<u8>
     let mut out = Vec::new();
     for s in items {
         out.extend_from_slice(s.as_ref());
+        out.push(0);
+    }
+    out
+}
+
+/// The answer to DIRECTORY_PART as xenstored's `send_directory_part`
+/// builds it: the generation in decimal, NUL, then whole names (each with
+/// its NUL) from byte `offset` of the child list `list`, as many as fit in
+/// one payload; if that reaches the end of the list, one more NUL (an empty
+/// name) marks it. An offset at or past the end gets the marker alone.
+fn directory_part(generation: u64, list: &[u8], offset: usize) -> Vec<u8> {
+    let mut out = format!("{generation}\0").into_bytes();
+    let Some(rest) = list.get(offset..).filter(|r| !r.is_empty()) else {
+        out.push(0);
+        return out;
+    };
+    // Room for the names and the end marker after the generation.
+    let room = PAYLOAD_MAX - out.len() - 1;
+    let mut len = 0;
+    for name in rest.split_inclusive(|&b| b == 0) {
+        if len + name.len() > room {
+            break;
+        }
+        len += name.len();
+    }
+    out.extend_from_slice(rest.get(..len).unwrap_or_default());
+    if len == rest.len() {
         out.push(0);
     }
     out
@@ -416,5 +458,117 @@ mod tests {
         c.state.drop_connection(1);
         assert_eq!(c.state.watch_count(), 0);
         drop(c.peer);
+    }
+
+    #[test]
+    fn a_directory_part_holds_whole_names_and_marks_the_end() {
+        // One name of 2040 bytes with its NUL: two fit after "5\0" only if
+        // the payload has room for both and the end marker.
+        let long = |c: u8| {
+            let mut n = vec![c; 2039];
+            n.push(0);
+            n
+        };
+        let two = [long(b'a'), long(b'b')].concat();
+        let three = [long(b'a'), long(b'b'), long(b'c')].concat();
+        let with = |gen: &[u8], names: &[u8], end: bool| {
+            let mut v = gen.to_vec();
+            v.extend_from_slice(names);
+            if end {
+                v.push(0);
+            }
+            v
+        };
+        for (gen, list, offset, want) in [
+            (5, &b""[..], 0, with(b"5\0", b"", true)),
+            (5, b"a\0bb\0", 0, with(b"5\0", b"a\0bb\0", true)),
+            (5, b"a\0bb\0", 2, with(b"5\0", b"bb\0", true)),
+            (5, b"a\0bb\0", 5, with(b"5\0", b"", true)),
+            (5, b"a\0bb\0", 99, with(b"5\0", b"", true)),
+            (123, b"a\0", 0, with(b"123\0", b"a\0", true)),
+            // 2 + 4080 + 1 = 4083: both fit, with the marker.
+            (5, &two, 0, with(b"5\0", &two, true)),
+            // The third does not: no marker, the client asks again.
+            (5, &three, 0, with(b"5\0", &two, false)),
+            (5, &three, 4080, with(b"5\0", &long(b'c'), true)),
+        ] {
+            let got = directory_part(gen, list, offset);
+            assert!(got.len() <= PAYLOAD_MAX, "{gen} {offset}");
+            assert_eq!(got, want, "generation {gen}, offset {offset}");
+        }
+    }
+
+    /// Lists `path` by DIRECTORY_PART as a client does: (names, the
+    /// generation of each part).
+    fn list_in_parts(c: &mut Client, path: &str) -> (Vec<String>, Vec<Vec<u8>>) {
+        let (mut names, mut gens, mut off) = (Vec::new(), Vec::new(), 0);
+        loop {
+            let ask = format!("{path}\0{off}\0");
+            let (ty, payload) = c.reply(Op::DirectoryPart, 0, ask.as_bytes());
+            assert_eq!(ty, Op::DirectoryPart as u32, "{:?}", payload);
+            let part = crate::store::wire::DirPart::parse(&payload).unwrap();
+            gens.push(part.generation);
+            names.extend(part.children);
+            off += part.consumed;
+            if part.last {
+                return (names, gens);
+            }
+        }
+    }
+
+    #[test]
+    fn a_long_directory_is_e2big_and_comes_whole_in_parts() {
+        let mut c = Client::new();
+        for d in 0..700 {
+            let w = format!("backend/vbd/{}/51712/state\x004", 10000 + d);
+            assert_eq!(c.reply(Op::Write, 0, w.as_bytes()).1, OK);
+        }
+        assert_eq!(
+            c.reply(Op::Directory, 0, b"backend/vbd\0"),
+            (ERR, b"E2BIG\0".to_vec())
+        );
+        let (names, gens) = list_in_parts(&mut c, "backend/vbd");
+        let want: Vec<String> = (0..700).map(|d| (10000 + d).to_string()).collect();
+        assert_eq!(names, want);
+        assert_eq!(gens.len(), 2, "700 six-byte names take two parts");
+        assert!(gens.iter().all(|g| *g == gens[0]));
+
+        // A change below a child leaves the list's generation alone; a
+        // child added or removed, or the node written, changes it.
+        let gen = |c: &mut Client| list_in_parts(c, "backend/vbd").1[0].clone();
+        let g0 = gen(&mut c);
+        c.reply(Op::Write, 0, b"backend/vbd/10000/51712/state\x006");
+        assert_eq!(gen(&mut c), g0);
+        for change in [
+            &b"backend/vbd/20000/51712/state\x001"[..],
+            b"backend/vbd\0x",
+        ] {
+            let before = gen(&mut c);
+            c.reply(Op::Write, 0, change);
+            assert_ne!(gen(&mut c), before, "{change:?}");
+        }
+        let before = gen(&mut c);
+        c.reply(Op::Rm, 0, b"backend/vbd/20000\0");
+        assert_ne!(gen(&mut c), before);
+
+        // Short lists come in one part; bad requests are refused.
+        assert_eq!(list_in_parts(&mut c, "backend/vbd/10000").0, ["51712"]);
+        assert_eq!(
+            list_in_parts(&mut c, "backend/vbd/10000/51712/state").0,
+            [""; 0]
+        );
+        for (payload, err) in [
+            (&b"nope\x000\0"[..], &b"ENOENT\0"[..]),
+            (b"backend/vbd\0", b"EINVAL\0"),
+            (b"backend/vbd\x000\x000\0", b"EINVAL\0"),
+            (b"backend/vbd\0x\0", b"EINVAL\0"),
+            (b"backend/vbd\x000", b"EINVAL\0"),
+        ] {
+            assert_eq!(
+                c.reply(Op::DirectoryPart, 0, payload),
+                (ERR, err.to_vec()),
+                "{payload:?}"
+            );
+        }
     }
 }

@@ -93,6 +93,22 @@ impl Tree {
             .collect())
     }
 
+    /// The generation of the last change to `path` itself or to its list
+    /// of children (a child created or removed), as xenstored's per-node
+    /// generation count: DIRECTORY_PART sends it so that a client listing
+    /// in parts notices the list changed between them. Changes further
+    /// down do not count.
+    pub fn generation_of(&self, path: &str) -> u64 {
+        let prefix = child_prefix(path);
+        let own = self.modified.get(path).copied().unwrap_or(0);
+        self.modified
+            .range::<str, _>((Bound::Included(prefix.as_str()), Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| k.get(prefix.len()..).is_some_and(|r| !r.contains('/')))
+            .map(|(_, &g)| g)
+            .fold(own, u64::max)
+    }
+
     fn node(&self, path: &str) -> Result<&Node, Errno> {
         self.nodes.get(path).ok_or(Errno::Enoent)
     }

@@ -19,6 +19,11 @@
 //! 4096 + 16 bytes is EINVAL). So on the device each message goes in one
 //! blocking write, a few requests are kept outstanding (replies come back in
 //! order), and only POLLIN is ever waited for.
+//!
+//! A child list over 4096 bytes (`backend/vbd` of ~700 domains with
+//! five-digit ids) is E2BIG to DIRECTORY. As libxenstore's `xs_directory`,
+//! the client then reads it with DIRECTORY_PART (Xen 4.9+), per reply, so a
+//! batch of listings still answers the others in its one round trip.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -37,7 +42,17 @@ use nix::sys::socket::{
 use nix::sys::time::TimeVal;
 
 use super::locate;
-use super::wire::{Message, Op, PAYLOAD_MAX};
+use super::wire::{DirPart, Message, Op, PAYLOAD_MAX};
+
+/// Times a DIRECTORY_PART listing starts again because the list changed
+/// between its parts before giving up (libxenstore retries without bound;
+/// a hotplug script must finish).
+const PART_RESTARTS: usize = 8;
+
+/// Parts of one DIRECTORY_PART listing before the answer is taken for a
+/// hostile peer's: each part but the last holds nearly 4096 bytes of
+/// names, so this is far beyond any real list (65536 domains fit in 100).
+const PARTS_MAX: usize = 4096;
 
 /// Default bound on any one exchange with xenstored.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -198,6 +213,17 @@ impl Reply {
     }
 }
 
+/// The message a request goes out as (its request id set when sent).
+fn encode(r: &Request<'_>) -> Message {
+    match r {
+        Request::Read(p) | Request::ReadRaw(p) => Message::strings(Op::Read, 0, 0, &[p.as_bytes()]),
+        Request::Directory(p) => Message::strings(Op::Directory, 0, 0, &[p.as_bytes()]),
+        Request::GetPerms(p) => Message::strings(Op::GetPerms, 0, 0, &[p.as_bytes()]),
+        Request::Rm(p) => Message::strings(Op::Rm, 0, 0, &[p.as_bytes()]),
+        Request::Write(p, v) => Message::write(0, 0, p, v.as_bytes()),
+    }
+}
+
 fn error_kind(name: &str) -> io::ErrorKind {
     match name {
         "ENOENT" => io::ErrorKind::NotFound,
@@ -340,43 +366,78 @@ impl Store {
     /// Sends every request, then collects the replies in order: one round
     /// trip for the whole batch. An ENOENT answer is `Reply::Missing`; any
     /// other error answer fails the batch (after all replies are read, so
-    /// the connection stays in step).
+    /// the connection stays in step). A DIRECTORY answered E2BIG (a child
+    /// list over 4096 bytes: hundreds of domains under `backend/vbd`) is
+    /// listed again in parts (`directory_in_parts`), as libxenstore's
+    /// `xs_directory` does; a list that fits costs nothing more.
     pub fn batch(&self, reqs: &[Request<'_>]) -> io::Result<Vec<Reply>> {
-        if reqs.is_empty() {
+        let msgs = reqs.iter().map(encode).collect::<Vec<_>>();
+        let answers = self.exchange(msgs)?;
+        let mut replies = Vec::with_capacity(reqs.len());
+        let mut failure = None;
+        for (r, m) in reqs.iter().zip(answers) {
+            let reply = if m.op() == Some(Op::Error) {
+                match (m.payload_str().as_str(), r) {
+                    ("ENOENT", _) => Reply::Missing,
+                    ("E2BIG", Request::Directory(p)) if failure.is_none() => {
+                        match self.directory_in_parts(p) {
+                            Ok(Some(list)) => Reply::List(list),
+                            Ok(None) => Reply::Missing,
+                            Err(e) => {
+                                failure = Some(e);
+                                Reply::Missing
+                            }
+                        }
+                    }
+                    (name, _) => {
+                        failure.get_or_insert_with(|| {
+                            io::Error::new(error_kind(name), format!("xenstored answered {name}"))
+                        });
+                        Reply::Missing
+                    }
+                }
+            } else {
+                match r {
+                    Request::ReadRaw(_) => {
+                        Reply::Raw(m.payload.strip_suffix(&[0]).unwrap_or(&m.payload).to_vec())
+                    }
+                    Request::Read(_) => Reply::Value(m.payload_str()),
+                    Request::Directory(_) | Request::GetPerms(_) => Reply::List(m.payload_list()),
+                    Request::Write(..) | Request::Rm(_) => Reply::Done,
+                }
+            };
+            replies.push(reply);
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(replies),
+        }
+    }
+
+    /// Sends `msgs` (their request ids assigned here) in one round trip and
+    /// returns the answers in order, each either an ERROR or of its
+    /// request's type.
+    fn exchange(&self, mut msgs: Vec<Message>) -> io::Result<Vec<Message>> {
+        if msgs.is_empty() {
             return Ok(Vec::new());
         }
         let mut inner = self.inner.borrow_mut();
         let first = inner.next_req;
         let mut out = Vec::new();
-        let mut ends = Vec::with_capacity(reqs.len());
-        let mut ops = Vec::with_capacity(reqs.len());
-        let raw: Vec<bool> = reqs
-            .iter()
-            .map(|r| matches!(r, Request::ReadRaw(_)))
-            .collect();
-        for (i, r) in reqs.iter().enumerate() {
-            let id = first.wrapping_add(i as u32);
-            let m = match r {
-                Request::Read(p) | Request::ReadRaw(p) => {
-                    Message::strings(Op::Read, id, 0, &[p.as_bytes()])
-                }
-                Request::Directory(p) => Message::strings(Op::Directory, id, 0, &[p.as_bytes()]),
-                Request::GetPerms(p) => Message::strings(Op::GetPerms, id, 0, &[p.as_bytes()]),
-                Request::Rm(p) => Message::strings(Op::Rm, id, 0, &[p.as_bytes()]),
-                Request::Write(p, v) => Message::write(id, 0, p, v.as_bytes()),
-            };
+        let mut ends = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.iter_mut().enumerate() {
+            m.req_id = first.wrapping_add(i as u32);
             if m.payload.len() > PAYLOAD_MAX {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "xenstore request longer than 4096 bytes",
                 ));
             }
-            ops.push(m.ty);
             m.encode_into(&mut out);
             ends.push(out.len());
         }
-        inner.next_req = first.wrapping_add(reqs.len() as u32);
-        inner.requests += reqs.len() as u64;
+        inner.next_req = first.wrapping_add(msgs.len() as u32);
+        inner.requests += msgs.len() as u64;
         inner.round_trips += 1;
         let deadline = deadline_after(inner.timeout);
         let mut pending = Outgoing {
@@ -385,47 +446,111 @@ impl Store {
             written: 0,
             sent: 0,
         };
-        let mut replies = Vec::with_capacity(reqs.len());
-        let mut failure = None;
-        for (i, ty) in ops.iter().enumerate() {
-            let id = first.wrapping_add(i as u32);
+        let mut answers = Vec::with_capacity(msgs.len());
+        for (i, asked) in msgs.iter().enumerate() {
             let m = inner.recv(&mut pending, i, deadline, &self.origin)?;
-            if m.req_id != id {
+            if m.req_id != asked.req_id {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("xenstored answered request {} when {id} was due", m.req_id),
+                    format!(
+                        "xenstored answered request {} when {} was due",
+                        m.req_id, asked.req_id
+                    ),
                 ));
             }
-            let reply = if m.op() == Some(Op::Error) {
-                let name = m.payload_str();
-                if name == "ENOENT" {
-                    Reply::Missing
-                } else {
-                    failure.get_or_insert_with(|| {
-                        io::Error::new(error_kind(&name), format!("xenstored answered {name}"))
-                    });
-                    Reply::Missing
-                }
-            } else if m.ty != *ty {
+            if m.op() != Some(Op::Error) && m.ty != asked.ty {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("xenstored answered type {} to type {ty}", m.ty),
+                    format!("xenstored answered type {} to type {}", m.ty, asked.ty),
                 ));
-            } else {
-                match Op::from_u32(*ty) {
-                    Some(Op::Read) if raw.get(i) == Some(&true) => {
-                        Reply::Raw(m.payload.strip_suffix(&[0]).unwrap_or(&m.payload).to_vec())
-                    }
-                    Some(Op::Read) => Reply::Value(m.payload_str()),
-                    Some(Op::Directory | Op::GetPerms) => Reply::List(m.payload_list()),
-                    _ => Reply::Done,
-                }
-            };
-            replies.push(reply);
+            }
+            answers.push(m);
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(replies),
+        Ok(answers)
+    }
+
+    /// The children of `path` by DIRECTORY_PART, one round trip a part
+    /// (each asks from where the last one ended); None when the node does
+    /// not exist. The parts must all carry the generation count of the
+    /// first: another one means the list changed between them, and the
+    /// listing starts again, at most PART_RESTARTS times. A xenstored older
+    /// than 4.9 answers ENOSYS: the list cannot be read, and the error says
+    /// so.
+    fn directory_in_parts(&self, path: &str) -> io::Result<Option<Vec<String>>> {
+        let mut restarts = 0;
+        let mut generation: Option<Vec<u8>> = None;
+        let mut children = Vec::new();
+        let mut offset = 0usize;
+        let mut parts = 0usize;
+        loop {
+            parts += 1;
+            if parts > PARTS_MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("xenstored sent more than {PARTS_MAX} parts listing {path}"),
+                ));
+            }
+            let off = offset.to_string();
+            let ask = Message::strings(Op::DirectoryPart, 0, 0, &[path.as_bytes(), off.as_bytes()]);
+            let m = self
+                .exchange(vec![ask])?
+                .pop()
+                .ok_or_else(|| io::Error::other("empty reply"))?;
+            if m.op() == Some(Op::Error) {
+                let name = m.payload_str();
+                return match name.as_str() {
+                    "ENOENT" => Ok(None),
+                    "ENOSYS" | "EINVAL" => Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "xenstored answered E2BIG (the list of {path} is over 4096 bytes) \
+                             and {name} to DIRECTORY_PART (it predates Xen 4.9)"
+                        ),
+                    )),
+                    _ => Err(io::Error::new(
+                        error_kind(&name),
+                        format!("xenstored answered {name} listing {path} in parts"),
+                    )),
+                };
+            }
+            let part = DirPart::parse(&m.payload).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("xenstored sent a malformed DIRECTORY_PART answer for {path}"),
+                )
+            })?;
+            match &generation {
+                Some(g) if *g != part.generation => {
+                    // The list changed between two parts: start again.
+                    restarts += 1;
+                    if restarts > PART_RESTARTS {
+                        return Err(io::Error::new(
+                            io::ErrorKind::WouldBlock,
+                            format!(
+                                "the children of {path} kept changing while they were \
+                                 listed ({PART_RESTARTS} restarts)"
+                            ),
+                        ));
+                    }
+                    generation = None;
+                    children.clear();
+                    offset = 0;
+                    continue;
+                }
+                Some(_) => {}
+                None => generation = Some(part.generation.clone()),
+            }
+            children.extend(part.children);
+            if part.last {
+                return Ok(Some(children));
+            }
+            if part.consumed == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("xenstored sent an empty, unfinished part listing {path}"),
+                ));
+            }
+            offset += part.consumed;
         }
     }
 

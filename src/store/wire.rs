@@ -200,6 +200,61 @@ pub fn split_nul(p: &[u8]) -> Vec<&[u8]> {
     p.split(|&b| b == 0).collect()
 }
 
+/// One answer to DIRECTORY_PART (Xen 4.9+, docs/misc/xenstore.txt): the
+/// node's generation count, then the children from the requested byte
+/// offset into its NUL-separated child list, each NUL-terminated, as many
+/// as fit in one payload; an empty name after them marks the end of the
+/// list. The next request asks from `offset + consumed`; a generation that
+/// differs from the first part's means the list changed meanwhile and the
+/// listing must start again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirPart {
+    pub generation: Vec<u8>,
+    pub children: Vec<String>,
+    /// Bytes of the child list this part covered (names and their NULs,
+    /// the end marker not counted).
+    pub consumed: usize,
+    /// The end marker came: no children beyond these.
+    pub last: bool,
+}
+
+impl DirPart {
+    /// Parses a DIRECTORY_PART reply payload; None when it is not that
+    /// shape (no generation, a name not NUL-terminated, names after the
+    /// end marker), so that a garbled answer is never taken for a list.
+    pub fn parse(payload: &[u8]) -> Option<DirPart> {
+        let (generation, rest) = payload.split_at(payload.iter().position(|&b| b == 0)?);
+        let mut rest = rest.get(1..)?;
+        if generation.is_empty() {
+            return None;
+        }
+        let mut children = Vec::new();
+        let mut consumed = 0;
+        while !rest.is_empty() {
+            let end = rest.iter().position(|&b| b == 0)?;
+            let (name, tail) = rest.split_at(end);
+            rest = tail.get(1..)?;
+            if name.is_empty() {
+                // The end marker: nothing may follow it.
+                return rest.is_empty().then(|| DirPart {
+                    generation: generation.to_vec(),
+                    children,
+                    consumed,
+                    last: true,
+                });
+            }
+            consumed += name.len() + 1;
+            children.push(String::from_utf8_lossy(name).into_owned());
+        }
+        Some(DirPart {
+            generation: generation.to_vec(),
+            children,
+            consumed,
+            last: false,
+        })
+    }
+}
+
 /// The owner of a node, from its GET_PERMS answer: the first entry is the
 /// owner's, a letter (`n` none, `r` read, `w` write, `b` both: what everyone
 /// else may do) followed by the domain id. None when it is not that shape.
@@ -234,6 +289,38 @@ mod tests {
             (&["n99999999999"], None),
         ] {
             assert_eq!(perms_owner(perms), owner, "{perms:?}");
+        }
+    }
+
+    #[test]
+    fn a_directory_part_reply_gives_generation_children_and_the_end() {
+        let part = |gen: &str, kids: &[&str], consumed, last| {
+            Some(DirPart {
+                generation: gen.as_bytes().to_vec(),
+                children: kids.iter().map(|k| k.to_string()).collect(),
+                consumed,
+                last,
+            })
+        };
+        for (payload, want) in [
+            // A middle part: names only, no end marker.
+            (&b"42\0a\0bb\0"[..], part("42", &["a", "bb"], 5, false)),
+            // The last part: an empty name ends the list.
+            (b"42\0ccc\0\0", part("42", &["ccc"], 4, true)),
+            // Asked past the end (or an empty node): only the end marker.
+            (b"7\0\0", part("7", &[], 0, true)),
+            // A part with no end marker and no names (makes no progress;
+            // the caller refuses it).
+            (b"7\0", part("7", &[], 0, false)),
+            // Not that shape.
+            (b"", None),
+            (b"42", None),
+            (b"\0a\0\0", None),
+            (b"42\0a", None),
+            (b"42\0a\0\0b\0", None),
+            (b"42\0\0\0", None),
+        ] {
+            assert_eq!(DirPart::parse(payload), want, "{payload:?}");
         }
     }
 
