@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use xen_block_hotplug::cli::{Cli, Command};
+use xen_block_hotplug::cli::{self, Cli, Command};
 use xen_block_hotplug::exit_codes::ExitCode;
 use xen_block_hotplug::hotplug::{self, Job};
 use xen_block_hotplug::invocation::{self, Action, Invocation, Vars};
@@ -26,7 +26,11 @@ fn main_code() -> ExitCode {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "block".into());
     let (rest, pairs) = invocation::split_args(args);
-    let cli = match Cli::try_parse_from(std::iter::once(argv0).chain(rest)) {
+    let parsed = match cli::parse_common(&rest, |k| std::env::var_os(k)) {
+        Some(c) => Ok(c),
+        None => Cli::try_parse_from(std::iter::once(argv0).chain(rest)),
+    };
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
             // One line, as for our other usage errors: it lands in a
