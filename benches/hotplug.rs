@@ -2,7 +2,7 @@
 //! simulated xenstore with real loop devices, under the real hotplug lock
 //! (`/var/run/xen-hotplug/block`, the stock script's fixed path).
 //!
-//!     tests/prepare.sh && cargo bench --bench hotplug [-- --smoke]
+//!     tests/prepare.sh && cargo bench --bench hotplug [-- --smoke] [--scaling]
 //!
 //! Scenarios (each run interleaves the two peers, alternating who goes first):
 //! - cycle: one file add, then its remove;
@@ -637,7 +637,9 @@ fn scrub_all(imgs: &[PathBuf]) -> usize {
 }
 
 /// One run of `who` over every backend at once; the makespan, or None
-/// (with the reasons on stderr) when a run failed.
+/// when a run failed (each failure said on stdout: in a big storm ours may
+/// fail where the host runs out of something, which is a finding, not a
+/// reason to stop the benchmark).
 fn all_at_once(b: &Bench, who: &Who, bes: &[String], action: &str) -> Option<Duration> {
     let start = Instant::now();
     let children: Vec<_> = bes.iter().map(|be| spawn_who(b, who, be, action)).collect();
@@ -651,18 +653,19 @@ fn all_at_once(b: &Bench, who: &Who, bes: &[String], action: &str) -> Option<Dur
                 d.status,
                 d.stderr.lines().last().unwrap_or_default()
             );
-            assert!(!matches!(who, Who::Ours), "{why}");
-            eprintln!("{why}");
+            println!("FAILED: {why}");
             ok = false;
         }
     }
     let elapsed = start.elapsed();
     if action == "add" && ok {
         ok = bes.iter().all(|be| connected(b, who, be));
-        assert!(
-            ok || !matches!(who, Who::Ours),
-            "ours: a storm add did not connect"
-        );
+        if !ok {
+            println!(
+                "FAILED: {} {action}: a run succeeded without connecting",
+                who.name()
+            );
+        }
     }
     ok.then_some(elapsed)
 }
@@ -790,6 +793,22 @@ fn cycle_with(b: &mut Bench, iters: usize, img: &Path, whos: &[Who]) {
     }
 }
 
+/// The scaling rows: Qubes' cycle beside ours (when the helper is
+/// there), then the storms by size with diagnose.
+fn run_scaling(b: &mut Bench, smoke: bool, cycles: usize, storms: usize, img: &Path) {
+    let mut whos = vec![Who::Ours];
+    whos.extend(qubes_peer().map(Who::Qubes));
+    let (sizes, diag_at): (&[usize], &[usize]) = if smoke {
+        (&[4], &[4])
+    } else {
+        (&[32, 128, 256], &[32, 256])
+    };
+    if whos.len() > 1 {
+        cycle_with(b, cycles, img, &whos);
+    }
+    scaling(b, storms, sizes, diag_at, &whos);
+}
+
 fn fmt_times(t: &[Duration]) -> String {
     let (Some(med), Some(min), Some(max)) = (median(t), t.iter().min(), t.iter().max()) else {
         return "-".into();
@@ -800,17 +819,21 @@ fn fmt_times(t: &[Duration]) -> String {
 struct Opts {
     smoke: bool,
     iters: Option<usize>,
+    /// Only the scaling rows (storms by size, diagnose, Qubes' cycle).
+    scaling: bool,
 }
 
 fn opts() -> Opts {
     let mut o = Opts {
         smoke: false,
+        scaling: false,
         iters: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--smoke" => o.smoke = true,
+            "--scaling" => o.scaling = true,
             "--iters" => o.iters = args.next().and_then(|n| n.parse().ok()),
             // cargo bench passes --bench; filters and the like do not apply.
             _ => {}
@@ -844,6 +867,11 @@ fn main() {
     let phy = b.bed.image("phy.img", 8);
     let shared = b.bed.image("shared.img", 8);
 
+    if o.scaling {
+        // --scaling: the storms by size, diagnose and Qubes' cycle only.
+        run_scaling(&mut b, o.smoke, base, few, &img);
+        return;
+    }
     println!(
         "xen-block-hotplug benchmark: ours {}\n  stock {STOCK}\n  lock /var/run/xen-hotplug/block, \
          {base} cycles and shared50 runs, {few} storms and phy400 runs per peer",
@@ -884,17 +912,7 @@ fn main() {
         rss as f64 / 1024.0,
         size as f64 / (1024.0 * 1024.0)
     );
-    let mut whos = vec![Who::Ours];
-    whos.extend(qubes_peer().map(Who::Qubes));
-    let (sizes, diag_at): (&[usize], &[usize]) = if o.smoke {
-        (&[4], &[4])
-    } else {
-        (&[32, 128, 256], &[32, 256])
-    };
-    if whos.len() > 1 {
-        cycle_with(&mut b, base, &img, &whos);
-    }
-    scaling(&mut b, few, sizes, diag_at, &whos);
+    run_scaling(&mut b, o.smoke, base, few, &img);
     if b.stock_failures > 0 {
         println!(
             "stock script failures (samples dropped): {}",
