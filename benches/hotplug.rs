@@ -2,14 +2,18 @@
 //! simulated xenstore with real loop devices, under the real hotplug lock
 //! (`/var/run/xen-hotplug/block`, the stock script's fixed path).
 //!
-//!     tests/prepare.sh && cargo bench --bench hotplug [-- --smoke] [--iters N] [--xl-only]
+//!     tests/prepare.sh && cargo bench --bench hotplug [-- --smoke] [--iters N] [--xl-only] [--scaling]
 //!
 //! Scenarios (each run interleaves the two peers, alternating who goes first):
 //! - cycle: one file add, then its remove;
 //! - storm: 32 concurrent file adds (makespan), then 32 concurrent removes;
 //! - phy400: one phy add with 400 other vbd backends holding a physical-device;
 //! - shared50: a read-only file add of an image already attached read-only
-//!   for 50 other domains.
+//!   for 50 other domains;
+//! - storms of 32, 128 and 256 concurrent file adds (ours, and Qubes OS's
+//!   helper when XBH_QUBES_BLOCK names it: makespan and per disk), with
+//!   `diagnose` of the whole host at 32 and 256 disks; a cycle row with
+//!   Qubes' helper beside ours (see "Scaling" below).
 //!
 //! - xl: real `xl block-attach` + `block-detach` through libxl on Debian's
 //!   real xenstored (tests/common/xl.rs), with ours, the stock script and
@@ -605,17 +609,313 @@ fn describe_self(name: &str, s: &Series) {
     );
 }
 
+// ---- Scaling, diagnose of a host, and Qubes OS's helper (issue 13) ----
+//
+// Storms of 32, 128 and 256 concurrent file adds (makespan, and per disk:
+// the cost of one add must not grow with the host), `diagnose` of the
+// whole host with 32 and 256 disks attached, and Qubes OS's C block
+// helper as an optional peer: XBH_QUBES_BLOCK names its binary (built by
+// ../shared/peers/build-qubes-block.sh OUT); without it these rows are
+// ours alone. The stock script is left out of the big storms (its
+// 32-way storm already takes 1.5 s).
+
+/// Ours, or Qubes OS's helper at this path.
+#[derive(Clone)]
+enum Who {
+    Ours,
+    Qubes(PathBuf),
+}
+
+impl Who {
+    fn name(&self) -> &'static str {
+        match self {
+            Who::Ours => "ours",
+            Who::Qubes(_) => "qubes",
+        }
+    }
+}
+
+fn qubes_peer() -> Option<PathBuf> {
+    match std::env::var_os("XBH_QUBES_BLOCK") {
+        Some(p) if Path::new(&p).is_file() => Some(PathBuf::from(p)),
+        Some(p) => {
+            eprintln!(
+                "benchmark: XBH_QUBES_BLOCK={} is not a file: Qubes OS's helper left out",
+                Path::new(&p).display()
+            );
+            None
+        }
+        None => {
+            eprintln!(
+                "benchmark: XBH_QUBES_BLOCK is not set: Qubes OS's helper left out \
+                 (build it with ../shared/peers/build-qubes-block.sh OUT)"
+            );
+            None
+        }
+    }
+}
+
+/// Starts `who` on `backend`. Qubes' helper is run as Qubes runs it:
+/// `qubes-block add|remove`, XENBUS_PATH absolute, libxenstore finding the
+/// store through XENSTORED_PATH; it takes its own lock
+/// (/run/lock/qubes-script.lock) around loop setup only.
+fn spawn_who(b: &Bench, who: &Who, backend: &str, action: &str) -> (std::process::Child, Instant) {
+    match who {
+        Who::Ours => b.spawn(Peer::Ours, backend, action),
+        Who::Qubes(path) => {
+            let start = Instant::now();
+            let child = Command::new(path)
+                .arg(action)
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("XENSTORED_PATH", b.bed.sim.socket_path())
+                .env("XENBUS_PATH", format!("/local/domain/0/{backend}"))
+                .env("XENBUS_TYPE", "vbd")
+                .env("XENBUS_BASE_PATH", "backend")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+            (child, start)
+        }
+    }
+}
+
+/// Whether `who`'s add of `backend` left what blkback needs: ours reports
+/// `hotplug-status`, Qubes' helper writes `physical-device` only.
+fn connected(b: &Bench, who: &Who, backend: &str) -> bool {
+    match who {
+        Who::Ours => b.bed.node(backend, "hotplug-status").as_deref() == Some("connected"),
+        Who::Qubes(_) => b.bed.node(backend, "physical-device").is_some(),
+    }
+}
+
+/// Loop devices backed by any of `imgs`, from one scan of the host's.
+fn attached_to(imgs: &[PathBuf]) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let ids: Vec<(u64, u64)> = imgs
+        .iter()
+        .filter_map(|i| std::fs::metadata(i).ok().map(|m| (m.dev(), m.ino())))
+        .collect();
+    loopdev::all_bound()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| ids.contains(&(s.backing_dev, s.backing_inode)))
+        .map(|s| s.number)
+        .collect()
+}
+
+/// Detaches what is left on `imgs` and waits (at most 5 s) until the
+/// kernel has let go of every device.
+fn scrub_all(imgs: &[PathBuf]) -> usize {
+    for n in attached_to(imgs) {
+        let _ = loopdev::detach(n);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = attached_to(imgs).len();
+        if left == 0 || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// One run of `who` over every backend at once; the makespan, or None
+/// when a run failed (each failure said on stdout: in a big storm ours may
+/// fail where the host runs out of something, which is a finding, not a
+/// reason to stop the benchmark).
+fn all_at_once(b: &Bench, who: &Who, bes: &[String], action: &str) -> Option<Duration> {
+    let start = Instant::now();
+    let children: Vec<_> = bes.iter().map(|be| spawn_who(b, who, be, action)).collect();
+    let mut ok = true;
+    for ((c, s), be) in children.into_iter().zip(bes) {
+        let d = reap(c, s);
+        if !d.status.success() {
+            let why = format!(
+                "{} {action} {be} failed ({}): {}",
+                who.name(),
+                d.status,
+                d.stderr.lines().last().unwrap_or_default()
+            );
+            println!("FAILED: {why}");
+            ok = false;
+        }
+    }
+    let elapsed = start.elapsed();
+    if action == "add" && ok {
+        ok = bes.iter().all(|be| connected(b, who, be));
+        if !ok {
+            println!(
+                "FAILED: {} {action}: a run succeeded without connecting",
+                who.name()
+            );
+        }
+    }
+    ok.then_some(elapsed)
+}
+
+/// `diagnose` of the whole host by our binary: its wall time.
+fn diagnose_host(b: &Bench) -> Duration {
+    let start = Instant::now();
+    let out = Command::new(&b.ours)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("XENSTORED_PATH", b.bed.sim.socket_path())
+        .args(["diagnose", "--log-file", "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running diagnose");
+    let elapsed = start.elapsed();
+    assert!(
+        out.status.code().is_some_and(|c| c <= 1),
+        "diagnose failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
+}
+
+/// Storms of each size in `sizes` for each peer in `whos` (interleaved,
+/// `iters` rounds), and for ours `diagnose` of the host while the storm's
+/// disks are attached, where the size is in `diag_at`.
+fn scaling(b: &mut Bench, iters: usize, sizes: &[usize], diag_at: &[usize], whos: &[Who]) {
+    let max = sizes.iter().copied().max().unwrap_or(0);
+    let imgs: Vec<PathBuf> = (0..max)
+        .map(|i| b.bed.image(&format!("scale{i}.img"), 8))
+        .collect();
+    println!(
+        "\nstorms by size ({iters} rounds each; makespan median (min..max), per disk)\n{:>5} {:>6} {:>30} {:>10} {:>30}",
+        "disks", "peer", "adds", "per disk", "removes"
+    );
+    let mut diag: Vec<(usize, Vec<Duration>)> = Vec::new();
+    for &n in sizes {
+        let mut adds: Vec<Vec<Duration>> = vec![Vec::new(); whos.len()];
+        let mut rms: Vec<Vec<Duration>> = vec![Vec::new(); whos.len()];
+        let mut d_times = Vec::new();
+        for i in 0..iters {
+            for k in 0..whos.len() {
+                // Alternates who goes first.
+                let w = (k + i) % whos.len();
+                let who = &whos[w];
+                let doms: Vec<u32> = (0..n).map(|_| b.domid()).collect();
+                let bes: Vec<String> = doms
+                    .iter()
+                    .zip(&imgs)
+                    .map(|(d, img)| {
+                        b.bed
+                            .backend(*d, 51712, "file", &img.to_string_lossy(), "w")
+                    })
+                    .collect();
+                let add = all_at_once(b, who, &bes, "add");
+                if add.is_some() && matches!(who, Who::Ours) && diag_at.contains(&n) {
+                    d_times.push(diagnose_host(b));
+                }
+                let rm = add.and_then(|_| all_at_once(b, who, &bes, "remove"));
+                if let (Some(a), Some(r)) = (add, rm) {
+                    adds[w].push(a);
+                    rms[w].push(r);
+                }
+                let left = scrub_all(&imgs[..n]);
+                assert!(
+                    left == 0 || !matches!(who, Who::Ours),
+                    "ours: {left} devices left after a storm's removes"
+                );
+                for d in doms {
+                    b.forget(d);
+                }
+            }
+        }
+        for (w, who) in whos.iter().enumerate() {
+            let per =
+                median(&adds[w]).map_or("-".to_string(), |m| format!("{:.2} ms", ms(m) / n as f64));
+            println!(
+                "{n:>5} {:>6} {:>30} {:>10} {:>30}",
+                who.name(),
+                fmt_times(&adds[w]),
+                per,
+                fmt_times(&rms[w])
+            );
+        }
+        if !d_times.is_empty() {
+            diag.push((n, d_times));
+        }
+    }
+    for (n, t) in &diag {
+        let per = median(t).map_or(f64::NAN, |m| ms(m) / *n as f64);
+        println!(
+            "diagnose of the host, {n} disks: {} ({per:.3} ms a disk)",
+            fmt_times(t)
+        );
+    }
+}
+
+/// Add + remove of one disk by each peer, interleaved: the cycle row with
+/// Qubes' helper beside ours.
+fn cycle_with(b: &mut Bench, iters: usize, img: &Path, whos: &[Who]) {
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); whos.len()];
+    for i in 0..iters {
+        for k in 0..whos.len() {
+            let w = (k + i) % whos.len();
+            let who = &whos[w];
+            let d = b.domid();
+            let be = b.bed.backend(d, 51712, "file", &img.to_string_lossy(), "w");
+            let one = std::slice::from_ref(&be);
+            let add = all_at_once(b, who, one, "add");
+            let rm = add.and_then(|_| all_at_once(b, who, one, "remove"));
+            if let (Some(a), Some(r)) = (add, rm) {
+                times[w].push(a + r);
+            }
+            scrub_all(&[img.to_path_buf()]);
+            b.forget(d);
+        }
+    }
+    for (w, who) in whos.iter().enumerate() {
+        println!(
+            "cycle (file add + remove), {:>6}: {}",
+            who.name(),
+            fmt_times(&times[w])
+        );
+    }
+}
+
+/// The scaling rows: Qubes' cycle beside ours (when the helper is
+/// there), then the storms by size with diagnose.
+fn run_scaling(b: &mut Bench, smoke: bool, cycles: usize, storms: usize, img: &Path) {
+    let mut whos = vec![Who::Ours];
+    whos.extend(qubes_peer().map(Who::Qubes));
+    let (sizes, diag_at): (&[usize], &[usize]) = if smoke {
+        (&[4], &[4])
+    } else {
+        (&[32, 128, 256], &[32, 256])
+    };
+    if whos.len() > 1 {
+        cycle_with(b, cycles, img, &whos);
+    }
+    scaling(b, storms, sizes, diag_at, &whos);
+}
+
+fn fmt_times(t: &[Duration]) -> String {
+    let (Some(med), Some(min), Some(max)) = (median(t), t.iter().min(), t.iter().max()) else {
+        return "-".into();
+    };
+    format!("{:.2} ms ({:.2}..{:.2})", ms(med), ms(*min), ms(*max))
+}
+
 struct Opts {
     smoke: bool,
     /// Only the xl row (`--xl-only`).
     xl_only: bool,
     iters: Option<usize>,
+    /// Only the scaling rows (storms by size, diagnose, Qubes' cycle).
+    scaling: bool,
 }
 
 fn opts() -> Opts {
     let mut o = Opts {
         smoke: false,
         xl_only: false,
+        scaling: false,
         iters: None,
     };
     let mut args = std::env::args().skip(1);
@@ -623,6 +923,7 @@ fn opts() -> Opts {
         match a.as_str() {
             "--smoke" => o.smoke = true,
             "--xl-only" => o.xl_only = true,
+            "--scaling" => o.scaling = true,
             "--iters" => o.iters = args.next().and_then(|n| n.parse().ok()),
             // cargo bench passes --bench; filters and the like do not apply.
             _ => {}
@@ -660,6 +961,11 @@ fn main() {
     let phy = b.bed.image("phy.img", 8);
     let shared = b.bed.image("shared.img", 8);
 
+    if o.scaling {
+        // --scaling: the storms by size, diagnose and Qubes' cycle only.
+        run_scaling(&mut b, o.smoke, base, few, &img);
+        return;
+    }
     println!(
         "xen-block-hotplug benchmark: ours {}\n  stock {STOCK}\n  lock /var/run/xen-hotplug/block, \
          {base} cycles and shared50 runs, {few} storms and phy400 runs per peer",
@@ -701,6 +1007,7 @@ fn main() {
         rss as f64 / 1024.0,
         size as f64 / (1024.0 * 1024.0)
     );
+    run_scaling(&mut b, o.smoke, base, few, &img);
     if b.stock_failures > 0 {
         println!(
             "stock script failures (samples dropped): {}",

@@ -1,5 +1,12 @@
 //! The command line, for clap (and so for `--help` and the man page).
+//!
+//! The toolstack's and udev's invocations (`block add`, `block remove`,
+//! `block` with ACTION) are also read by `parse_common` without clap:
+//! building and running clap's parser was half of a file add's
+//! instructions (docs/performance.md). Anything else goes to clap, which
+//! parses it, and reports its errors, as before.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -25,7 +32,7 @@ without touching its guests: `xen-block-hotplug selftest`.
 
 Exit status: 0 success, 1 failed add/remove (hotplug-status says why), 2 usage.";
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, PartialEq)]
 #[command(
     name = "xen-block-hotplug",
     // Version, commit and target: see build.rs.
@@ -106,6 +113,49 @@ pub enum Command {
     },
 }
 
+/// The environment variables clap reads for the global options.
+const LOCK_TIMEOUT_ENV: &str = "XEN_BLOCK_HOTPLUG_LOCK_TIMEOUT";
+const LOCK_FILE_ENV: &str = "XEN_BLOCK_HOTPLUG_LOCK";
+
+/// `args` (argv without argv[0], the KEY=VALUE pairs taken out) as clap
+/// would parse them, for the common invocations only: at most one of
+/// `add`/`remove` and each of `-v`/`--verbose`, `--dry-run` at most once,
+/// XEN_BLOCK_HOTPLUG_LOCK_TIMEOUT unset. None for anything else (clap's
+/// turn). `env` reads the environment.
+pub fn parse_common(args: &[OsString], env: impl Fn(&str) -> Option<OsString>) -> Option<Cli> {
+    if env(LOCK_TIMEOUT_ENV).is_some() {
+        return None;
+    }
+    let lock_file = match env(LOCK_FILE_ENV) {
+        None => PathBuf::from(lock::DEFAULT_PATH),
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        Some(_) => return None,
+    };
+    let records_dir = match env(crate::records::ENV) {
+        None => PathBuf::from(crate::records::DEFAULT_DIR),
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        Some(_) => return None,
+    };
+    let mut cli = Cli {
+        verbose: false,
+        dry_run: false,
+        lock_timeout: 30.0,
+        lock_file,
+        records_dir,
+        command: None,
+    };
+    for a in args {
+        match a.to_str()? {
+            "add" if cli.command.is_none() => cli.command = Some(Command::Add),
+            "remove" if cli.command.is_none() => cli.command = Some(Command::Remove),
+            "-v" | "--verbose" if !cli.verbose => cli.verbose = true,
+            "--dry-run" if !cli.dry_run => cli.dry_run = true,
+            _ => return None,
+        }
+    }
+    Some(cli)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +174,67 @@ mod tests {
         let c = Cli::try_parse_from(["block"]).unwrap();
         assert_eq!(c.command, None);
         assert!(Cli::try_parse_from(["block", "online"]).is_err());
+    }
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_toolstacks_invocations_parse_as_clap_parses_them() {
+        let no_env = |_: &str| None;
+        for args in [
+            &[][..],
+            &["add"],
+            &["remove"],
+            &["add", "-v"],
+            &["-v", "remove"],
+            &["--verbose", "add"],
+            &["add", "--dry-run"],
+            &["--dry-run", "-v", "remove"],
+            &["-v"],
+            &["--dry-run"],
+        ] {
+            let fast = parse_common(&os(args), no_env);
+            let clap = Cli::try_parse_from(std::iter::once("block").chain(args.iter().copied()));
+            assert_eq!(fast, Some(clap.unwrap()), "{args:?}");
+        }
+        // XEN_BLOCK_HOTPLUG_LOCK is the --lock-file option.
+        let env = |k: &str| (k == LOCK_FILE_ENV).then(|| OsString::from("/x/lock"));
+        assert_eq!(
+            parse_common(&os(&["add"]), env),
+            Some(Cli::try_parse_from(["block", "--lock-file", "/x/lock", "add"]).unwrap())
+        );
+    }
+
+    #[test]
+    fn anything_else_is_left_to_clap() {
+        let no_env = |_: &str| None;
+        for args in [
+            &["add", "add"][..],
+            &["add", "remove"],
+            &["-v", "-v", "add"],
+            &["--dry-run", "--dry-run"],
+            &["-vv", "add"],
+            &["online"],
+            &["--help"],
+            &["-h"],
+            &["--version"],
+            &["diagnose"],
+            &["add", "--lock-timeout", "3"],
+            &["--lock-file=/x", "add"],
+            &["add", "--"],
+        ] {
+            assert_eq!(parse_common(&os(args), no_env), None, "{args:?}");
+        }
+        let timeout = |k: &str| (k == LOCK_TIMEOUT_ENV).then(|| OsString::from("5"));
+        assert_eq!(parse_common(&os(&["add"]), timeout), None);
+        let empty = |k: &str| (k == LOCK_FILE_ENV).then(OsString::new);
+        assert_eq!(parse_common(&os(&["add"]), empty), None);
+        use std::os::unix::ffi::OsStringExt;
+        assert_eq!(
+            parse_common(&[OsString::from_vec(vec![0xff])], no_env),
+            None
+        );
     }
 }

@@ -13,6 +13,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+pub mod arena;
 pub mod backend;
 pub mod cleanup;
 pub mod cli;

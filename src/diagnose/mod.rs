@@ -12,6 +12,7 @@ pub mod lockinfo;
 pub mod render;
 pub mod verdict;
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
@@ -320,6 +321,9 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
     let lock = lockinfo::examine(&opts.lock_file);
     let log_tail = read_log_tail(&opts.log_file);
     let sources = holders::Sources::read().unwrap_or_default();
+    // Scanned once, at the first file disk: a scan per disk made a whole
+    // host's diagnose quadratic in its disks.
+    let loops = OnceCell::new();
 
     let mut devices: Vec<Device> = Vec::new();
     let mut wanted: Vec<Vec<DevNum>> = Vec::new();
@@ -351,7 +355,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
             let lossy = toolstack.params.as_deref().unwrap_or("");
             let params = kind::params_bytes(store, &inv.node("params"), lossy)
                 .unwrap_or(std::borrow::Cow::Borrowed(lossy.as_bytes()));
-            check(&inv, &toolstack, &hotplug, &params)
+            check(&inv, &toolstack, &hotplug, &params, &loops)
         } else {
             (Checks::default(), Vec::new())
         };
@@ -434,8 +438,41 @@ fn mode_of(t: &Toolstack) -> Mode {
     Mode::parse(t.mode.as_deref().unwrap_or(""))
 }
 
+/// The bound loop devices by backing file (dev, inode), from one scan of
+/// the host's loop devices, for every disk of a diagnose run.
+#[derive(Debug, Default)]
+struct LoopIndex(HashMap<(u64, u64), Vec<u32>>);
+
+impl LoopIndex {
+    fn scan() -> LoopIndex {
+        LoopIndex::of(&loopdev::all_bound().unwrap_or_default())
+    }
+
+    fn of(bound: &[loopdev::LoopStatus]) -> LoopIndex {
+        let mut m: HashMap<(u64, u64), Vec<u32>> = HashMap::new();
+        for s in bound {
+            m.entry((s.backing_dev, s.backing_inode))
+                .or_default()
+                .push(s.number);
+        }
+        LoopIndex(m)
+    }
+
+    /// The loop devices backed by the file (dev, ino), as `users_of` finds them.
+    fn users(&self, dev: u64, ino: u64) -> &[u32] {
+        self.0.get(&(dev, ino)).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// Checks one backend; also returns the devices whose other users matter.
-fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug, raw: &[u8]) -> (Checks, Vec<DevNum>) {
+/// `loops` is filled by the first backend that needs it.
+fn check(
+    inv: &Invocation,
+    t: &Toolstack,
+    h: &Hotplug,
+    raw: &[u8],
+    loops: &OnceCell<LoopIndex>,
+) -> (Checks, Vec<DevNum>) {
     let mode = mode_of(t);
     let ty = t.ty.as_deref().unwrap_or("");
     let params = t.params.as_deref().unwrap_or("");
@@ -504,8 +541,8 @@ fn check(inv: &Invocation, t: &Toolstack, h: &Hotplug, raw: &[u8]) -> (Checks, V
     }
     if let Some((dev, ino)) = image {
         // Every loop device on the image, as the add's sharing check sees it.
-        for st in loopdev::users_of(dev, ino).unwrap_or_default() {
-            if let Ok(m) = std::fs::metadata(format!("/dev/loop{}", st.number)) {
+        for n in loops.get_or_init(LoopIndex::scan).users(dev, ino) {
+            if let Ok(m) = std::fs::metadata(format!("/dev/loop{n}")) {
                 devs.push(DevNum::from_rdev(m.rdev()));
             }
         }
@@ -749,6 +786,27 @@ pub fn main(scope: &Scope, opts: &Options, as_json: bool) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_scan_of_the_loop_devices_serves_every_disk() {
+        let st = |number, dev, ino| loopdev::LoopStatus {
+            number,
+            backing_dev: dev,
+            backing_inode: ino,
+            read_only: false,
+            tag: String::new(),
+            backing_file: String::new(),
+        };
+        let idx = LoopIndex::of(&[st(0, 1, 2), st(3, 1, 9), st(5, 1, 2), st(7, 4, 2)]);
+        assert_eq!(idx.users(1, 2), [0, 5]);
+        assert_eq!(idx.users(1, 9), [3]);
+        assert_eq!(idx.users(4, 2), [7]);
+        assert!(idx.users(4, 9).is_empty());
+        // Filled once, by the first disk that needs it.
+        let cell = OnceCell::new();
+        cell.get_or_init(|| idx);
+        assert_eq!(cell.get_or_init(LoopIndex::scan).users(1, 2), [0, 5]);
+    }
 
     #[test]
     fn targets() {
