@@ -11,14 +11,11 @@
 //! when the backend its tag names exists and names it, by `node` or
 //! `physical-device`, with the same `diskseq` when one was written.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 
 use crate::devnum::DevNum;
+use crate::job::LockSpec;
 use crate::kind::file::TAG_PREFIX;
-use crate::lock;
 use crate::loopdev::{self, LoopDevice, LoopStatus};
 use crate::store::Store;
 
@@ -144,20 +141,14 @@ fn view(store: &Store, key: &str) -> Result<BackendView> {
 pub struct Options {
     /// Say what would be detached; detach nothing.
     pub dry_run: bool,
-    pub lock_path: PathBuf,
-    pub lock_timeout: Duration,
+    pub lock: LockSpec,
 }
 
 /// Finds this store's orphans and detaches them (unless `dry_run`), under
 /// the hotplug lock so that no add or remove is half way meanwhile: an add
 /// attaches and writes `physical-device` under it.
 pub fn run(opts: &Options, store: &Store) -> Result<Vec<Finding>> {
-    let _lock = lock::acquire(&opts.lock_path, opts.lock_timeout).with_context(|| {
-        format!(
-            "waiting for the hotplug lock {} (another hotplug script holds it)",
-            opts.lock_path.display()
-        )
-    })?;
+    let _lock = opts.lock.acquire()?;
     // Refused before anything is judged: records decide what is ours.
     crate::records::dir()?;
     let mut findings = Vec::new();

@@ -1,90 +1,15 @@
 //! One add or remove, from the backend's nodes to `hotplug-status`.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use anyhow::{anyhow, Result};
 
-use anyhow::{anyhow, Context, Result};
-
-use crate::backend::{self, Inputs, Outputs};
+use crate::backend::{self, Inputs};
 use crate::exit_codes::ExitCode;
-use crate::invocation::{Action, Invocation};
+use crate::invocation::Action;
+use crate::job::Job;
 use crate::kind::{self, Target};
-use crate::lock::{self, Lock};
 use crate::mode::Mode;
 use crate::outcome::{self, Status};
 use crate::store::Store;
-
-/// What one run is asked to do and how.
-#[derive(Clone, Debug)]
-pub struct Job {
-    pub inv: Invocation,
-    /// Read and check everything; write nothing, attach nothing.
-    pub dry_run: bool,
-    pub lock_path: PathBuf,
-    pub lock_timeout: Duration,
-}
-
-impl Job {
-    /// Takes the hotplug lock (none in a dry run).
-    pub fn lock(&self) -> Result<Option<Lock>> {
-        if self.dry_run {
-            return Ok(None);
-        }
-        lock::acquire(&self.lock_path, self.lock_timeout)
-            .map(Some)
-            .with_context(|| {
-                format!(
-                    "waiting for the hotplug lock {} (another hotplug script holds it)",
-                    self.lock_path.display()
-                )
-            })
-    }
-
-    /// Writes the outputs of a successful add (or says what it would write).
-    pub fn commit(&self, store: &Store, out: &Outputs) -> Result<()> {
-        if self.dry_run {
-            for (k, v) in out.pairs() {
-                println!("would write {}={v}", self.inv.node(k));
-            }
-            return Ok(());
-        }
-        out.write(store, &self.inv).inspect_err(|e| {
-            // After a timeout the writes may still land; the removes would
-            // only queue behind them (and wait as long again).
-            if !outcome_unknown(e) {
-                out.unwrite(store, &self.inv)
-            }
-        })?;
-        log::info!(
-            "connected: physical-device {} ({})",
-            out.physical_device,
-            out.physical_device_path
-        );
-        Ok(())
-    }
-}
-
-/// Whether a failed exchange with the store may still have taken effect:
-/// a timeout or a lost connection leaves the requests sent and their fate
-/// unknown (xenstored may apply them later), while an error answer
-/// (EACCES, ENOSPC, EAGAIN, ...) is a definite refusal.
-pub fn outcome_unknown(err: &anyhow::Error) -> bool {
-    use std::io::ErrorKind::*;
-    err.chain()
-        .filter_map(|e| e.downcast_ref::<std::io::Error>())
-        .any(|e| {
-            matches!(
-                e.kind(),
-                TimedOut
-                    | UnexpectedEof
-                    | BrokenPipe
-                    | ConnectionReset
-                    | ConnectionAborted
-                    | NotConnected
-                    | InvalidData
-            )
-        })
-}
 
 fn add(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
     let inv = &job.inv;
@@ -184,33 +109,4 @@ pub fn execute(job: &Job, store: &Store) -> ExitCode {
         log::error!("{}", outcome::sentence(&e));
     }
     ExitCode::Failure
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Error, ErrorKind};
-
-    #[test]
-    fn a_timeout_or_a_lost_connection_leaves_the_outcome_unknown() {
-        let cases = [
-            (ErrorKind::TimedOut, true),
-            (ErrorKind::UnexpectedEof, true),
-            (ErrorKind::BrokenPipe, true),
-            (ErrorKind::ConnectionReset, true),
-            // Replies out of step: the requests were sent.
-            (ErrorKind::InvalidData, true),
-            // xenstored's own answers: EACCES, ENOSPC, EAGAIN, EINVAL.
-            (ErrorKind::PermissionDenied, false),
-            (ErrorKind::OutOfMemory, false),
-            (ErrorKind::WouldBlock, false),
-            (ErrorKind::InvalidInput, false),
-            (ErrorKind::Other, false),
-        ];
-        for (kind, unknown) in cases {
-            let e = anyhow::Error::new(Error::new(kind, "x")).context("writing physical-device");
-            assert_eq!(outcome_unknown(&e), unknown, "{kind:?}");
-        }
-        assert!(!outcome_unknown(&anyhow!("a sentence")));
-    }
 }

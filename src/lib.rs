@@ -24,6 +24,7 @@ pub mod exit_codes;
 pub mod holders;
 pub mod hotplug;
 pub mod invocation;
+pub mod job;
 pub mod kind;
 pub mod lock;
 pub mod logging;

@@ -12,8 +12,9 @@ use std::time::Duration;
 use clap::Parser;
 use xen_block_hotplug::cli::{self, Cli, Command};
 use xen_block_hotplug::exit_codes::ExitCode;
-use xen_block_hotplug::hotplug::{self, Job};
+use xen_block_hotplug::hotplug;
 use xen_block_hotplug::invocation::{self, Action, Invocation, Vars};
+use xen_block_hotplug::job::{Job, LockSpec};
 use xen_block_hotplug::store::client::{DEFAULT_TIMEOUT, LONGEST_WAIT};
 use xen_block_hotplug::store::Store;
 use xen_block_hotplug::{cleanup, diagnose, logging, records, selftest};
@@ -71,8 +72,10 @@ fn main_code() -> ExitCode {
             };
             let opts = cleanup::Options {
                 dry_run: cli.dry_run,
-                lock_path: cli.lock_file,
-                lock_timeout,
+                lock: LockSpec {
+                    path: cli.lock_file,
+                    timeout: lock_timeout,
+                },
             };
             return match open_store(&vars).and_then(|s| cleanup::run(&opts, &s)) {
                 Ok(_) => ExitCode::Success,
@@ -123,8 +126,10 @@ fn main_code() -> ExitCode {
     let job = Job {
         inv,
         dry_run: cli.dry_run,
-        lock_path: cli.lock_file,
-        lock_timeout,
+        lock: LockSpec {
+            path: cli.lock_file,
+            timeout: lock_timeout,
+        },
     };
     let store = match open_store(&vars) {
         Ok(s) => s,

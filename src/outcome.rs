@@ -103,6 +103,28 @@ pub fn sentence(err: &anyhow::Error) -> String {
     s
 }
 
+/// Whether a failed exchange with the store may still have taken effect:
+/// a timeout or a lost connection leaves the requests sent and their fate
+/// unknown (xenstored may apply them later), while an error answer
+/// (EACCES, ENOSPC, EAGAIN, ...) is a definite refusal.
+pub fn outcome_unknown(err: &anyhow::Error) -> bool {
+    use std::io::ErrorKind::*;
+    err.chain()
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|e| {
+            matches!(
+                e.kind(),
+                TimedOut
+                    | UnexpectedEof
+                    | BrokenPipe
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | NotConnected
+                    | InvalidData
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +161,29 @@ mod tests {
         assert_eq!(Status::Connected.as_str(), "connected");
         assert_eq!(Status::Error.as_str(), "error");
         assert_eq!(Status::Busy.as_str(), "busy");
+    }
+
+    #[test]
+    fn a_timeout_or_a_lost_connection_leaves_the_outcome_unknown() {
+        use std::io::{Error, ErrorKind};
+        let cases = [
+            (ErrorKind::TimedOut, true),
+            (ErrorKind::UnexpectedEof, true),
+            (ErrorKind::BrokenPipe, true),
+            (ErrorKind::ConnectionReset, true),
+            // Replies out of step: the requests were sent.
+            (ErrorKind::InvalidData, true),
+            // xenstored's own answers: EACCES, ENOSPC, EAGAIN, EINVAL.
+            (ErrorKind::PermissionDenied, false),
+            (ErrorKind::OutOfMemory, false),
+            (ErrorKind::WouldBlock, false),
+            (ErrorKind::InvalidInput, false),
+            (ErrorKind::Other, false),
+        ];
+        for (kind, unknown) in cases {
+            let e = anyhow::Error::new(Error::new(kind, "x")).context("writing physical-device");
+            assert_eq!(outcome_unknown(&e), unknown, "{kind:?}");
+        }
+        assert!(!outcome_unknown(&anyhow!("a sentence")));
     }
 }

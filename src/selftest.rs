@@ -16,8 +16,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use crate::exit_codes::ExitCode;
-use crate::hotplug::{self, Job};
+use crate::hotplug;
 use crate::invocation::{Action, Invocation, Vars};
+use crate::job::{Job, LockSpec};
 use crate::loopdev;
 use crate::sim::Simulator;
 use crate::store::Store;
@@ -123,8 +124,10 @@ impl Bed {
         let job = Job {
             inv,
             dry_run: false,
-            lock_path: self.lock.clone(),
-            lock_timeout: Duration::from_secs(10),
+            lock: LockSpec {
+                path: self.lock.clone(),
+                timeout: Duration::from_secs(10),
+            },
         };
         Ok(hotplug::execute(&job, &self.store))
     }

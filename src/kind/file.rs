@@ -15,7 +15,7 @@ use nix::sys::stat::FileStat;
 
 use crate::backend::{Inputs, Outputs};
 use crate::devnum::DevNum;
-use crate::hotplug::Job;
+use crate::job::Job;
 use crate::loopdev::{self, LoopStatus};
 use crate::mode::Mode;
 use crate::outcome::{BackendGone, Busy};
@@ -129,7 +129,7 @@ pub fn add(
         // The physical-device write may still land and blkback open the
         // device: detaching it now could hand the guest whatever binds the
         // number next. Kept; `cleanup` detaches it if nothing names it.
-        Err(e) if crate::hotplug::outcome_unknown(&e) => {
+        Err(e) if crate::outcome::outcome_unknown(&e) => {
             let n = attached.keep();
             log::warn!(
                 "kept /dev/loop{n}: whether physical-device reached xenstore is unknown; cleanup detaches it unless the backend names it"

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::hotplug::Job;
+use crate::job::Job;
 use crate::outcome::Reported;
 use crate::store::Store;
 

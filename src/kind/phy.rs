@@ -10,7 +10,7 @@ use nix::sys::stat::FileStat;
 
 use crate::backend::{Inputs, Outputs};
 use crate::devnum::DevNum;
-use crate::hotplug::Job;
+use crate::job::Job;
 use crate::mode::Mode;
 use crate::outcome::Busy;
 use crate::sharing;
