@@ -242,9 +242,10 @@ fn backend_inv(path: &str) -> Option<Invocation> {
     Invocation::new(Action::Add, &vars).ok()
 }
 
-/// Requests per round trip. Store::batch sends a whole batch before
-/// reading any reply: thousands at once (a host's every node) fill both
-/// socket buffers and the exchange stalls until the timeout.
+/// Requests per round trip. Store::batch reads replies while it still
+/// writes requests, so a large batch no longer stalls on full socket
+/// buffers; the chunks only bound what one round trip encodes and holds
+/// (a host's every node is thousands of reads).
 const CHUNK: usize = 256;
 
 /// read_many in round trips of at most CHUNK reads.
