@@ -60,6 +60,18 @@ fn main_code() -> ExitCode {
     for (k, v) in &pairs {
         vars.set(k, v);
     }
+    // A KEY=VALUE argument is read as the stock script's evalVariables
+    // reads one: it wins over the environment (and so over clap's env).
+    let store_timeout_text = pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == cli::STORE_TIMEOUT_ENV)
+        .map(|(_, v)| v.clone())
+        .or_else(|| {
+            cli.store_timeout
+                .as_ref()
+                .map(|t| t.to_string_lossy().into_owned())
+        });
     let action = match &cli.command {
         Some(Command::Selftest) => {
             logging::init(cli.verbose, false, false);
@@ -77,7 +89,9 @@ fn main_code() -> ExitCode {
                     timeout: lock_timeout,
                 },
             };
-            return match open_store(&vars).and_then(|s| cleanup::run(&opts, &s)) {
+            return match open_store(store_timeout_text.as_deref())
+                .and_then(|s| cleanup::run(&opts, &s))
+            {
                 Ok(_) => ExitCode::Success,
                 Err(e) => {
                     log::error!("cleanup failed: {e:#}");
@@ -97,6 +111,7 @@ fn main_code() -> ExitCode {
             let opts = diagnose::Options {
                 lock_file: cli.lock_file.clone(),
                 log_file: log_file.clone(),
+                store_timeout: store_timeout_or_default(store_timeout_text.as_deref()),
             };
             return diagnose::main(&scope, &opts, *json);
         }
@@ -131,7 +146,7 @@ fn main_code() -> ExitCode {
             timeout: lock_timeout,
         },
     };
-    let store = match open_store(&vars) {
+    let store = match open_store(store_timeout_text.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             // Nothing can be reported in the store; the exit status says it.
@@ -172,18 +187,26 @@ fn store_timeout(text: &str) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
 }
 
-/// Connects to xenstored, the connect and every exchange bounded by
-/// XEN_BLOCK_HOTPLUG_STORE_TIMEOUT (seconds) when set: a wedged xenstored
-/// must fail us before the toolstack gives up on the hotplug script.
-fn open_store(vars: &Vars) -> anyhow::Result<Store> {
-    let mut timeout = DEFAULT_TIMEOUT;
-    if let Some(t) = vars.get("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT") {
-        match store_timeout(t) {
-            Some(d) => timeout = d,
-            None => log::warn!("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT={t:?} is not a number of seconds; using the default"),
-        }
-    }
-    Ok(Store::open_within(timeout)?)
+/// XEN_BLOCK_HOTPLUG_STORE_TIMEOUT (`--store-timeout`) as given, or the
+/// default when unset, empty or not a positive number of seconds (with a
+/// warning: a toolstack's environment never fails an add).
+fn store_timeout_or_default(text: Option<&str>) -> Duration {
+    let Some(t) = text.filter(|t| !t.is_empty()) else {
+        return DEFAULT_TIMEOUT;
+    };
+    store_timeout(t).unwrap_or_else(|| {
+        log::warn!(
+            "XEN_BLOCK_HOTPLUG_STORE_TIMEOUT={t:?} is not a number of seconds; using the default"
+        );
+        DEFAULT_TIMEOUT
+    })
+}
+
+/// Connects to xenstored, the connect and every exchange bounded by the
+/// store timeout: a wedged xenstored must fail us before the toolstack
+/// gives up on the hotplug script.
+fn open_store(timeout_text: Option<&str>) -> anyhow::Result<Store> {
+    Ok(Store::open_within(store_timeout_or_default(timeout_text))?)
 }
 
 fn main() {

@@ -398,3 +398,32 @@ fn when_no_xenstored_answers_the_error_names_every_place_tried() {
         assert!(r.stderr.contains(&p), "{p:?} not in {}", r.stderr);
     }
 }
+
+#[test]
+fn diagnose_gives_up_on_a_silent_xenstored_after_the_store_timeout() {
+    let bed = Bed::new("diagnose-timeout");
+    let path = bed.dir.join("silent-socket");
+    // Listens, never accepts or answers: the connect lands in the queue
+    // and every request waits for a reply that never comes.
+    let _silent = std::os::unix::net::UnixListener::bind(&path).expect("listening");
+    let env = [("XENSTORED_PATH", path.as_path())];
+    let timeout = Path::new("2");
+    let r = diagnose_with(
+        &bed,
+        &[env[0], ("XEN_BLOCK_HOTPLUG_STORE_TIMEOUT", timeout)],
+        &[],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("did not answer within 2 s"),
+        "{}",
+        r.stderr
+    );
+    let r = diagnose_with(&bed, &env, &["--store-timeout", "2"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("did not answer within 2 s"),
+        "{}",
+        r.stderr
+    );
+}

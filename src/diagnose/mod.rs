@@ -79,6 +79,8 @@ impl Scope {
 pub struct Options {
     pub lock_file: PathBuf,
     pub log_file: PathBuf,
+    /// Bound on the connect and on each answer of xenstored.
+    pub store_timeout: std::time::Duration,
 }
 
 /// What the toolstack wrote.
@@ -750,7 +752,7 @@ fn log_lines(tail: &str, inv: &Invocation) -> Vec<String> {
 /// The `diagnose` command: prints the report, returns the exit status (0
 /// when every device examined is healthy).
 pub fn main(scope: &Scope, opts: &Options, as_json: bool) -> ExitCode {
-    let report = Store::open()
+    let report = Store::open_within(opts.store_timeout)
         .map_err(anyhow::Error::from)
         .and_then(|store| run(&store, scope, opts));
     let report = match report {
