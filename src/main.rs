@@ -1,4 +1,8 @@
-//! xen-block-hotplug: parse, set up logging, run one command, exit.
+//! xen-block-hotplug: parse, run one command, exit with its status.
+//!
+//! `main_code` parses (`parse`), then calls one entry function per
+//! command: `run_hotplug` (add/remove), `run_cleanup`, `run_diagnose`,
+//! `run_selftest`. Each sets up its logging and returns the exit status.
 
 // Outside data (argv, the environment, xenstore, the kernel) never makes
 // the binary panic: errors are reported, not unwrapped.
@@ -24,12 +28,63 @@ use xen_block_hotplug::{cleanup, diagnose, logging, records, selftest};
 static ALLOC: xen_block_hotplug::arena::Arena<{ xen_block_hotplug::arena::BYTES }> =
     xen_block_hotplug::arena::Arena::new();
 
+/// What every command is given: the parsed command line, the variables
+/// (the environment, then the KEY=VALUE arguments) and the store timeout
+/// as written.
+struct Context {
+    cli: Cli,
+    vars: Vars,
+    store_timeout: Option<String>,
+}
+
+fn main() {
+    std::process::exit(main_code().into());
+}
+
+/// Parses the command line, then runs the one command it names; the
+/// command's result is the exit status. Each command sets up its own
+/// logging first thing once its arguments are known good (a usage error
+/// opens neither syslog nor the log file; selftest logs to the terminal
+/// only; diagnose prints its report and logs nothing).
+fn main_code() -> ExitCode {
+    let ctx = match parse() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    records::set_dir(ctx.cli.records_dir.clone());
+    match &ctx.cli.command {
+        Some(Command::Selftest) => run_selftest(&ctx),
+        Some(Command::Cleanup) => run_cleanup(&ctx),
+        Some(Command::Diagnose {
+            target,
+            json,
+            log_file,
+        }) => run_diagnose(&ctx, target.as_deref(), *json, log_file),
+        Some(Command::Add) => run_hotplug(&ctx, Action::Add),
+        Some(Command::Remove) => run_hotplug(&ctx, Action::Remove),
+        None => match ctx.vars.get("ACTION") {
+            Some(a) => match Action::parse(a) {
+                Some(a) => run_hotplug(&ctx, a),
+                None => usage(&format!(
+                    "invalid command {a:?} (from ACTION): expected add or remove"
+                )),
+            },
+            None => usage("no command: expected add or remove (or ACTION from udev)"),
+        },
+    }
+}
+
 fn usage(msg: &str) -> ExitCode {
     eprintln!("xen-block-hotplug: {msg}");
     ExitCode::Usage
 }
 
-fn main_code() -> ExitCode {
+/// argv and the environment, read as the stock script reads them: the
+/// toolstack's `block add`/`block remove` by `cli::parse_common` (without
+/// building clap's parser: half of an add's instructions), anything else
+/// by clap. Err is the exit status of a usage error, `--help` or
+/// `--version`, already reported.
+fn parse() -> Result<Context, ExitCode> {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "block".into());
     let (rest, pairs) = invocation::split_args(args);
@@ -44,25 +99,24 @@ fn main_code() -> ExitCode {
             // toolstack's or udev's log, where clap's usage block is noise.
             let text = e.render().to_string();
             let first = text.lines().next().unwrap_or_default();
-            return usage(&format!(
+            return Err(usage(&format!(
                 "{} (see --help)",
                 first.strip_prefix("error: ").unwrap_or(first)
-            ));
+            )));
         }
         Err(e) => {
             // --help and --version.
             let _ = e.print();
-            return ExitCode::Success;
+            return Err(ExitCode::Success);
         }
     };
-    records::set_dir(cli.records_dir.clone());
     let mut vars = Vars::from_env();
     for (k, v) in &pairs {
         vars.set(k, v);
     }
     // A KEY=VALUE argument is read as the stock script's evalVariables
     // reads one: it wins over the environment (and so over clap's env).
-    let store_timeout_text = pairs
+    let store_timeout = pairs
         .iter()
         .rev()
         .find(|(k, _)| k == cli::STORE_TIMEOUT_ENV)
@@ -72,67 +126,73 @@ fn main_code() -> ExitCode {
                 .as_ref()
                 .map(|t| t.to_string_lossy().into_owned())
         });
-    let action = match &cli.command {
-        Some(Command::Selftest) => {
-            logging::init(cli.verbose, false, false);
-            return selftest::run(cli.verbose);
-        }
-        Some(Command::Cleanup) => {
-            logging::init(cli.verbose, !cli.dry_run, true);
-            let Some(lock_timeout) = seconds(cli.lock_timeout) else {
-                return usage("--lock-timeout takes a number of seconds");
-            };
-            let opts = cleanup::Options {
-                dry_run: cli.dry_run,
-                lock: LockSpec {
-                    path: cli.lock_file,
-                    timeout: lock_timeout,
-                },
-            };
-            return match open_store(store_timeout_text.as_deref())
-                .and_then(|s| cleanup::run(&opts, &s))
-            {
-                Ok(_) => ExitCode::Success,
-                Err(e) => {
-                    log::error!("cleanup failed: {e:#}");
-                    ExitCode::Failure
-                }
-            };
-        }
-        Some(Command::Diagnose {
-            target,
-            json,
-            log_file,
-        }) => {
-            let scope = match diagnose::Scope::parse(target.as_deref()) {
-                Ok(s) => s,
-                Err(e) => return usage(&e),
-            };
-            let opts = diagnose::Options {
-                lock_file: cli.lock_file.clone(),
-                log_file: log_file.clone(),
-                store_timeout: store_timeout_or_default(store_timeout_text.as_deref()),
-            };
-            return diagnose::main(&scope, &opts, *json);
-        }
-        Some(Command::Add) => Action::Add,
-        Some(Command::Remove) => Action::Remove,
-        None => match vars.get("ACTION") {
-            Some(a) => match Action::parse(a) {
-                Some(a) => a,
-                None => {
-                    return usage(&format!(
-                        "invalid command {a:?} (from ACTION): expected add or remove"
-                    ))
-                }
-            },
-            None => return usage("no command: expected add or remove (or ACTION from udev)"),
-        },
-    };
+    Ok(Context {
+        cli,
+        vars,
+        store_timeout,
+    })
+}
+
+/// `selftest`: proves this host against a private, in-process store;
+/// logs to the terminal only.
+fn run_selftest(ctx: &Context) -> ExitCode {
+    logging::init(ctx.cli.verbose, false, false);
+    selftest::run(ctx.cli.verbose)
+}
+
+/// `cleanup`: detaches the loop devices we attached that no backend of
+/// the host's store references any more, under the hotplug lock.
+fn run_cleanup(ctx: &Context) -> ExitCode {
+    let cli = &ctx.cli;
+    logging::init(cli.verbose, !cli.dry_run, true);
     let Some(lock_timeout) = seconds(cli.lock_timeout) else {
         return usage("--lock-timeout takes a number of seconds");
     };
-    let inv = match Invocation::new(action, &vars) {
+    let opts = cleanup::Options {
+        dry_run: cli.dry_run,
+        lock: LockSpec {
+            path: cli.lock_file.clone(),
+            timeout: lock_timeout,
+        },
+    };
+    match open_store(ctx.store_timeout.as_deref()).and_then(|s| cleanup::run(&opts, &s)) {
+        Ok(_) => ExitCode::Success,
+        Err(e) => {
+            log::error!("cleanup failed: {e:#}");
+            ExitCode::Failure
+        }
+    }
+}
+
+/// `diagnose [TARGET]`: read-only; prints why the backends of TARGET are
+/// or are not connected. 0 when all are healthy.
+fn run_diagnose(
+    ctx: &Context,
+    target: Option<&str>,
+    json: bool,
+    log_file: &std::path::Path,
+) -> ExitCode {
+    let scope = match diagnose::Scope::parse(target) {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    let opts = diagnose::Options {
+        lock_file: ctx.cli.lock_file.clone(),
+        log_file: log_file.to_path_buf(),
+        store_timeout: store_timeout_or_default(ctx.store_timeout.as_deref()),
+    };
+    diagnose::main(&scope, &opts, json)
+}
+
+/// `add` or `remove` of the backend XENBUS_PATH names (what the toolstack
+/// and udev run): the outcome is also written to `hotplug-status` (and
+/// `hotplug-error`) unless the store cannot be reached.
+fn run_hotplug(ctx: &Context, action: Action) -> ExitCode {
+    let cli = &ctx.cli;
+    let Some(lock_timeout) = seconds(cli.lock_timeout) else {
+        return usage("--lock-timeout takes a number of seconds");
+    };
+    let inv = match Invocation::new(action, &ctx.vars) {
         Ok(i) => i,
         Err(e) => return usage(&e.0),
     };
@@ -142,11 +202,11 @@ fn main_code() -> ExitCode {
         inv,
         dry_run: cli.dry_run,
         lock: LockSpec {
-            path: cli.lock_file,
+            path: cli.lock_file.clone(),
             timeout: lock_timeout,
         },
     };
-    let store = match open_store(store_timeout_text.as_deref()) {
+    let store = match open_store(ctx.store_timeout.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             // Nothing can be reported in the store; the exit status says it.
@@ -207,10 +267,6 @@ fn store_timeout_or_default(text: Option<&str>) -> Duration {
 /// gives up on the hotplug script.
 fn open_store(timeout_text: Option<&str>) -> anyhow::Result<Store> {
     Ok(Store::open_within(store_timeout_or_default(timeout_text))?)
-}
-
-fn main() {
-    std::process::exit(main_code().into());
 }
 
 #[cfg(test)]
