@@ -8,7 +8,113 @@ use crate::invocation::Invocation;
 use crate::outcome::Status;
 use crate::store::{Request, Store};
 
-/// The nodes a run may need, all read in one pipelined batch.
+/// Who writes a node of the backend directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writer {
+    /// The toolstack (libxl, xend) or blkback (`state`).
+    Toolstack,
+    /// A hotplug script: we, or the stock script we replace.
+    Script,
+}
+
+/// One node of a vbd backend directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: &'static str,
+    pub writer: Writer,
+    /// Add and remove read it (a field of `Inputs`).
+    pub input: bool,
+}
+
+const fn node(name: &'static str, writer: Writer, input: bool) -> Node {
+    Node {
+        name,
+        writer,
+        input,
+    }
+}
+
+/// Every node of a backend directory we read or write, the one list:
+/// `Inputs`, `OUTPUT_NODES` and diagnose's reads are derived from it.
+/// The script's nodes are in the order a toolstack reads them.
+pub const NODES: [Node; 14] = {
+    use Writer::*;
+    [
+        node("type", Toolstack, true),
+        node("params", Toolstack, true),
+        node("mode", Toolstack, true),
+        node("frontend-id", Toolstack, true),
+        node("frontend", Toolstack, false),
+        node("dev", Toolstack, false),
+        node("state", Toolstack, true),
+        node("online", Toolstack, false),
+        node("hotplug-status", Script, false),
+        node("hotplug-error", Script, false),
+        node("physical-device", Script, true),
+        node("physical-device-path", Script, false),
+        node("node", Script, true),
+        node("diskseq", Script, true),
+    ]
+};
+
+/// A selection of NODES.
+#[derive(Clone, Copy)]
+enum Pick {
+    All,
+    Inputs,
+    Outputs,
+}
+
+const fn keep(n: &Node, pick: Pick) -> bool {
+    match pick {
+        Pick::All => true,
+        Pick::Inputs => n.input,
+        Pick::Outputs => matches!(n.writer, Writer::Script),
+    }
+}
+
+/// How many of NODES `pick` selects.
+const fn count(pick: Pick) -> usize {
+    let mut n = 0;
+    let mut rest: &[Node] = &NODES;
+    while let [first, tail @ ..] = rest {
+        if keep(first, pick) {
+            n += 1;
+        }
+        rest = tail;
+    }
+    n
+}
+
+/// The names of the N nodes `pick` selects, in NODES' order (N is
+/// `count(pick)`: evaluated at compile time, where a wrong N could only
+/// leave a name out or an empty one in, which the table tests catch).
+const fn names<const N: usize>(pick: Pick) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut slots: &mut [&'static str] = &mut out;
+    let mut rest: &[Node] = &NODES;
+    while let [first, tail @ ..] = rest {
+        if keep(first, pick) {
+            if let [slot, more @ ..] = slots {
+                *slot = first.name;
+                slots = more;
+            }
+        }
+        rest = tail;
+    }
+    out
+}
+
+/// Every node's name: what diagnose reads of each backend.
+pub const NAMES: [&str; count(Pick::All)] = names(Pick::All);
+
+/// The nodes add and remove read, in one round trip.
+pub const INPUT_NODES: [&str; count(Pick::Inputs)] = names(Pick::Inputs);
+
+/// The nodes a hotplug script writes, as a toolstack reads them.
+pub const OUTPUT_NODES: [&str; count(Pick::Outputs)] = names(Pick::Outputs);
+
+/// The nodes a run may need (INPUT_NODES), all read in one pipelined batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inputs {
     pub physical_device: Option<String>,
@@ -21,37 +127,36 @@ pub struct Inputs {
     pub diskseq: Option<String>,
 }
 
-const NAMES: [&str; 8] = [
-    "physical-device",
-    "type",
-    "params",
-    "mode",
-    "frontend-id",
-    "state",
-    "node",
-    "diskseq",
-];
-
 pub fn read_inputs(store: &Store, inv: &Invocation) -> Result<Inputs> {
-    let paths: Vec<String> = NAMES.iter().map(|n| inv.node(n)).collect();
+    let paths: Vec<String> = INPUT_NODES.iter().map(|n| inv.node(n)).collect();
     let v = store
         .read_many(&paths)
         .with_context(|| format!("reading backend {} from xenstore", inv.backend))?;
-    let mut it = v.into_iter();
-    let mut next = || it.next().flatten();
-    Ok(Inputs {
-        physical_device: next(),
-        ty: next(),
-        params: next(),
-        mode: next(),
-        frontend_id: next(),
-        state: next(),
-        node: next(),
-        diskseq: next(),
-    })
+    let mut inputs = Inputs::default();
+    for (name, value) in INPUT_NODES.iter().zip(v) {
+        if let Some(slot) = inputs.slot(name) {
+            *slot = value;
+        }
+    }
+    Ok(inputs)
 }
 
 impl Inputs {
+    /// The field holding input node `name` (None for any other name).
+    fn slot(&mut self, name: &str) -> Option<&mut Option<String>> {
+        Some(match name {
+            "physical-device" => &mut self.physical_device,
+            "type" => &mut self.ty,
+            "params" => &mut self.params,
+            "mode" => &mut self.mode,
+            "frontend-id" => &mut self.frontend_id,
+            "state" => &mut self.state,
+            "node" => &mut self.node,
+            "diskseq" => &mut self.diskseq,
+            _ => return None,
+        })
+    }
+
     /// The frontend domain: the id in the backend path, which `frontend-id`
     /// (when set) must agree with. The sharing rules trust this id to tell
     /// guests apart, so a `frontend-id` naming another domain (or nothing
@@ -76,16 +181,6 @@ impl Inputs {
             .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
     }
 }
-
-/// The nodes a hotplug script writes, as a toolstack reads them.
-pub const OUTPUT_NODES: [&str; 6] = [
-    "hotplug-status",
-    "hotplug-error",
-    "physical-device",
-    "physical-device-path",
-    "node",
-    "diskseq",
-];
 
 /// What a successful add of a device writes, in the order it is written:
 /// `physical-device` last but one (blkback opens the device as soon as it
@@ -184,6 +279,71 @@ mod tests {
         for bad in ["6", "-1", "99999999999999999999", "5x"] {
             let e = with(Some(bad)).frontend_domid(&inv).unwrap_err();
             assert!(e.to_string().contains("not the domain 5"), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_input_node_fills_its_own_field_of_inputs() {
+        let mut seen = Vec::new();
+        for name in INPUT_NODES {
+            let mut i = Inputs::default();
+            let slot = i
+                .slot(name)
+                .unwrap_or_else(|| panic!("{name} has no field"));
+            *slot = Some(name.to_string());
+            assert_ne!(i, Inputs::default(), "{name}");
+            assert!(!seen.contains(&i), "{name} shares a field");
+            seen.push(i);
+        }
+        // Nothing else has a field: the table says what is read.
+        for n in NODES.iter().filter(|n| !n.input) {
+            assert!(Inputs::default().slot(n.name).is_none(), "{}", n.name);
+        }
+    }
+
+    #[test]
+    fn the_node_lists_derive_from_the_table() {
+        assert_eq!(
+            INPUT_NODES,
+            [
+                "type",
+                "params",
+                "mode",
+                "frontend-id",
+                "state",
+                "physical-device",
+                "node",
+                "diskseq"
+            ]
+        );
+        assert_eq!(
+            OUTPUT_NODES,
+            [
+                "hotplug-status",
+                "hotplug-error",
+                "physical-device",
+                "physical-device-path",
+                "node",
+                "diskseq",
+            ]
+        );
+        // Each name once.
+        let mut names: Vec<_> = NODES.iter().map(|n| n.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), NODES.len());
+    }
+
+    #[test]
+    fn an_add_writes_only_the_scripts_nodes() {
+        let o = Outputs {
+            node: Some("/dev/loop3".into()),
+            physical_device: DevNum { major: 7, minor: 3 },
+            physical_device_path: "/dev/loop3".into(),
+            diskseq: Some(0x2a),
+        };
+        for (k, _) in o.pairs() {
+            assert!(OUTPUT_NODES.contains(&k), "{k}");
         }
     }
 

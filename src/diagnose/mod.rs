@@ -218,22 +218,8 @@ pub fn state_name(s: &str) -> Option<&'static str> {
     })
 }
 
-const NODES: [&str; 14] = [
-    "type",
-    "params",
-    "mode",
-    "frontend-id",
-    "frontend",
-    "dev",
-    "state",
-    "hotplug-status",
-    "hotplug-error",
-    "physical-device",
-    "physical-device-path",
-    "node",
-    "diskseq",
-    "online",
-];
+/// Every node of the backend directory (backend.rs's one table).
+const NODES: [&str; crate::backend::NAMES.len()] = crate::backend::NAMES;
 
 /// A vbd backend path as the hotplug script would be given it.
 fn backend_inv(path: &str) -> Option<Invocation> {
