@@ -63,6 +63,7 @@ enum Pick {
     All,
     Inputs,
     Outputs,
+    Device,
 }
 
 const fn keep(n: &Node, pick: Pick) -> bool {
@@ -70,6 +71,7 @@ const fn keep(n: &Node, pick: Pick) -> bool {
         Pick::All => true,
         Pick::Inputs => n.input,
         Pick::Outputs => matches!(n.writer, Writer::Script),
+        Pick::Device => n.input && matches!(n.writer, Writer::Script),
     }
 }
 
@@ -114,6 +116,10 @@ pub const INPUT_NODES: [&str; count(Pick::Inputs)] = names(Pick::Inputs);
 /// The nodes a hotplug script writes, as a toolstack reads them.
 pub const OUTPUT_NODES: [&str; count(Pick::Outputs)] = names(Pick::Outputs);
 
+/// The nodes by which a finished add names its device (written by the
+/// script, read back by remove and `cleanup`).
+pub const DEVICE_NODES: [&str; count(Pick::Device)] = names(Pick::Device);
+
 /// The nodes a run may need (INPUT_NODES), all read in one pipelined batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Inputs {
@@ -139,6 +145,22 @@ pub fn read_inputs(store: &Store, inv: &Invocation) -> Result<Inputs> {
         }
     }
     Ok(inputs)
+}
+
+/// Whether backend directory `dir` exists, and its input nodes `names`
+/// (the others left None), in one round trip.
+pub fn read_at(store: &Store, dir: &str, names: &[&str]) -> std::io::Result<(bool, Inputs)> {
+    let mut paths = vec![dir.to_owned()];
+    paths.extend(names.iter().map(|n| format!("{dir}/{n}")));
+    let mut v = store.read_many(&paths)?.into_iter();
+    let exists = v.next().flatten().is_some();
+    let mut inputs = Inputs::default();
+    for (name, value) in names.iter().zip(v) {
+        if let Some(slot) = inputs.slot(name) {
+            *slot = value;
+        }
+    }
+    Ok((exists, inputs))
 }
 
 impl Inputs {
@@ -327,6 +349,7 @@ mod tests {
                 "diskseq",
             ]
         );
+        assert_eq!(DEVICE_NODES, ["physical-device", "node", "diskseq"]);
         // Each name once.
         let mut names: Vec<_> = NODES.iter().map(|n| n.name).collect();
         names.sort_unstable();

@@ -13,6 +13,7 @@
 
 use anyhow::{Context, Result};
 
+use crate::backend;
 use crate::devnum::DevNum;
 use crate::job::LockSpec;
 use crate::kind::file::TAG_PREFIX;
@@ -117,22 +118,13 @@ fn ours(store: &Store) -> Result<Vec<(LoopDevice, LoopStatus, String)>> {
 }
 
 fn view(store: &Store, key: &str) -> Result<BackendView> {
-    let nodes = [
-        key.to_owned(),
-        format!("{key}/node"),
-        format!("{key}/physical-device"),
-        format!("{key}/diskseq"),
-    ];
-    let mut v = store
-        .read_many(&nodes)
-        .with_context(|| format!("reading backend {key}"))?
-        .into_iter();
-    let exists = v.next().flatten().is_some();
+    let (exists, i) = backend::read_at(store, key, &backend::DEVICE_NODES)
+        .with_context(|| format!("reading backend {key}"))?;
     Ok(BackendView {
         exists,
-        node: v.next().flatten(),
-        physical_device: v.next().flatten(),
-        diskseq: v.next().flatten(),
+        node: i.node,
+        physical_device: i.physical_device,
+        diskseq: i.diskseq,
     })
 }
 
