@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::devnum::DevNum;
+use crate::devnum::{self, DevNum};
 use crate::kind::file::TAG_PREFIX;
 use crate::lock;
 use crate::loopdev::{self, LoopDevice, LoopStatus};
@@ -51,10 +51,7 @@ pub fn orphan_reason(device: DevNum, diskseq: Option<u64>, view: &BackendView) -
             Some(p) => format!("its backend now names another device ({p})"),
         });
     }
-    let recorded = view
-        .diskseq
-        .as_deref()
-        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+    let recorded = view.diskseq.as_deref().and_then(devnum::parse_diskseq);
     if let (Some(r), Some(c)) = (recorded, diskseq) {
         if r != c {
             return Some(format!(

@@ -592,10 +592,7 @@ fn check_loop(
         }
     };
     let current = loopdev::diskseq(n).ok().flatten();
-    let recorded = h
-        .diskseq
-        .as_deref()
-        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+    let recorded = h.diskseq.as_deref().and_then(crate::devnum::parse_diskseq);
     lc.bound = true;
     lc.backing_file = Some(st.backing_file.clone());
     lc.read_only = Some(st.read_only);
