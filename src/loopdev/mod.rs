@@ -24,6 +24,8 @@
 //! never judges the devices of another; `owner PID START` the attaching
 //! process, whose add may still be running.
 //!
+//! The kernel's structs and ioctls are in `abi`.
+//!
 //! Judging a device and detaching it go through one open descriptor
 //! (`LoopDevice`): while it is open the binding cannot change (a detach
 //! only sets autoclear until the last opener closes), so what was judged is
@@ -40,71 +42,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::records;
 
-const LO_NAME_SIZE: usize = 64;
-const LO_KEY_SIZE: usize = 32;
-const LO_FLAGS_READ_ONLY: u32 = 1;
+mod abi;
+
+use abi::{
+    blkgetdiskseq, field_str, loop_clr_fd, loop_config, loop_configure, loop_ctl_get_free,
+    loop_get_status64, loop_info64, loop_set_fd, loop_set_status64, name_field, LO_FLAGS_READ_ONLY,
+};
+
 /// Where the ownership records are kept by default (see `records`).
 pub const RECORD_DIR: &str = records::DEFAULT_DIR;
 /// lo_file_name of every binding we make, before its id.
 const PENDING_PREFIX: &str = "xbh-pending:";
 /// Bound on GET_FREE + CONFIGURE rounds lost to other processes.
 const ATTACH_ATTEMPTS: usize = 64;
-
-/// `struct loop_info64` of <linux/loop.h>.
-#[allow(non_camel_case_types)]
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct loop_info64 {
-    lo_device: u64,
-    lo_inode: u64,
-    lo_rdevice: u64,
-    lo_offset: u64,
-    lo_sizelimit: u64,
-    lo_number: u32,
-    lo_encrypt_type: u32,
-    lo_encrypt_key_size: u32,
-    lo_flags: u32,
-    lo_file_name: [u8; LO_NAME_SIZE],
-    lo_crypt_name: [u8; LO_NAME_SIZE],
-    lo_encrypt_key: [u8; LO_KEY_SIZE],
-    lo_init: [u64; 2],
-}
-
-/// `struct loop_config` of <linux/loop.h>.
-#[allow(non_camel_case_types)]
-#[repr(C)]
-struct loop_config {
-    fd: u32,
-    block_size: u32,
-    info: loop_info64,
-    __reserved: [u64; 8],
-}
-
-impl loop_info64 {
-    const ZERO: Self = Self {
-        lo_device: 0,
-        lo_inode: 0,
-        lo_rdevice: 0,
-        lo_offset: 0,
-        lo_sizelimit: 0,
-        lo_number: 0,
-        lo_encrypt_type: 0,
-        lo_encrypt_key_size: 0,
-        lo_flags: 0,
-        lo_file_name: [0; LO_NAME_SIZE],
-        lo_crypt_name: [0; LO_NAME_SIZE],
-        lo_encrypt_key: [0; LO_KEY_SIZE],
-        lo_init: [0; 2],
-    };
-}
-
-nix::ioctl_none_bad!(loop_ctl_get_free, 0x4C82);
-nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, loop_config);
-nix::ioctl_write_int_bad!(loop_set_fd, 0x4C00);
-nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, loop_info64);
-nix::ioctl_read_bad!(loop_get_status64, 0x4C05, loop_info64);
-nix::ioctl_none_bad!(loop_clr_fd, 0x4C01);
-nix::ioctl_read!(blkgetdiskseq, 0x12, 128, u64);
 
 /// What the kernel says of a bound loop device (LOOP_GET_STATUS64).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -420,20 +370,6 @@ fn unnamed_pending(number: u32, info: &loop_info64) -> Option<(PathBuf, String)>
         }
     }
     None
-}
-
-/// NUL-padded copy of `s`, cut to 63 bytes so the last byte stays NUL.
-fn name_field(s: &[u8]) -> [u8; LO_NAME_SIZE] {
-    let mut field = [0; LO_NAME_SIZE];
-    for (f, c) in field.iter_mut().take(LO_NAME_SIZE - 1).zip(s) {
-        *f = *c;
-    }
-    field
-}
-
-fn field_str(field: &[u8]) -> String {
-    let text = field.split(|&b| b == 0).next().unwrap_or_default();
-    String::from_utf8_lossy(text).into_owned()
 }
 
 fn get_diskseq(device: &File) -> io::Result<Option<u64>> {
@@ -1075,12 +1011,6 @@ mod tests {
             .unwrap_or_else(|| panic!("{} not in losetup's list:\n{text}", dev.display()));
         let fields: Vec<&str> = line.split_whitespace().collect();
         (fields[1].to_owned(), fields[2..].join(" "))
-    }
-
-    #[test]
-    fn struct_sizes_match_the_kernel() {
-        assert_eq!(std::mem::size_of::<loop_info64>(), 232);
-        assert_eq!(std::mem::size_of::<loop_config>(), 304);
     }
 
     #[test]
