@@ -160,10 +160,7 @@ pub fn run(opts: &Options, store: &Store) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
     for (dev, st, key) in ours(store)? {
         let n = st.number;
-        let device = dev
-            .rdev()
-            .map(DevNum::from_rdev)
-            .with_context(|| format!("examining /dev/loop{n}"))?;
+        let device = st.device;
         let v = view(store, &key)?;
         let orphan = orphan_reason(device, dev.diskseq(), &v);
         if let Some(why) = &orphan {

@@ -15,7 +15,6 @@ pub mod verdict;
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -441,7 +440,7 @@ fn mode_of(t: &Toolstack) -> Mode {
 /// The bound loop devices by backing file (dev, inode), from one scan of
 /// the host's loop devices, for every disk of a diagnose run.
 #[derive(Debug, Default)]
-struct LoopIndex(HashMap<(u64, u64), Vec<u32>>);
+struct LoopIndex(HashMap<(u64, u64), Vec<(u32, DevNum)>>);
 
 impl LoopIndex {
     fn scan() -> LoopIndex {
@@ -449,18 +448,24 @@ impl LoopIndex {
     }
 
     fn of(bound: &[loopdev::LoopStatus]) -> LoopIndex {
-        let mut m: HashMap<(u64, u64), Vec<u32>> = HashMap::new();
+        let mut m: HashMap<(u64, u64), Vec<(u32, DevNum)>> = HashMap::new();
         for s in bound {
             m.entry((s.backing_dev, s.backing_inode))
                 .or_default()
-                .push(s.number);
+                .push((s.number, s.device));
         }
         LoopIndex(m)
     }
 
     /// The loop devices backed by the file (dev, ino), as `users_of` finds them.
-    fn users(&self, dev: u64, ino: u64) -> &[u32] {
+    fn of_file(&self, dev: u64, ino: u64) -> &[(u32, DevNum)] {
         self.0.get(&(dev, ino)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Their numbers.
+    #[cfg(test)]
+    fn users(&self, dev: u64, ino: u64) -> Vec<u32> {
+        self.of_file(dev, ino).iter().map(|(n, _)| *n).collect()
     }
 }
 
@@ -541,11 +546,8 @@ fn check(
     }
     if let Some((dev, ino)) = image {
         // Every loop device on the image, as the add's sharing check sees it.
-        for n in loops.get_or_init(LoopIndex::scan).users(dev, ino) {
-            if let Ok(m) = std::fs::metadata(format!("/dev/loop{n}")) {
-                devs.push(DevNum::from_rdev(m.rdev()));
-            }
-        }
+        let index = loops.get_or_init(LoopIndex::scan);
+        devs.extend(index.of_file(dev, ino).iter().map(|(_, d)| *d));
     }
     if let Some(node) = h.node.as_deref() {
         let lc = check_loop(inv, node, h, image, mode);
@@ -577,10 +579,14 @@ fn check_loop(
         lc.not_ours = Some(format!("{node} is not a loop device"));
         return lc;
     };
-    lc.device_number = std::fs::metadata(format!("/dev/loop{n}"))
-        .ok()
-        .map(|m| DevNum::from_rdev(m.rdev()).to_node());
-    let st = match loopdev::status(n) {
+    let status = loopdev::status(n);
+    // A bound device's status carries its number; a free one has none.
+    lc.device_number = match &status {
+        Ok(Some(st)) => Some(st.device),
+        _ => loopdev::device_number(n).ok(),
+    }
+    .map(DevNum::to_node);
+    let st = match status {
         Ok(Some(st)) => st,
         Ok(None) => {
             lc.not_ours = Some("it is not attached to any file".into());
@@ -788,6 +794,10 @@ mod tests {
     fn one_scan_of_the_loop_devices_serves_every_disk() {
         let st = |number, dev, ino| loopdev::LoopStatus {
             number,
+            device: DevNum {
+                major: 7,
+                minor: u64::from(number),
+            },
             backing_dev: dev,
             backing_inode: ino,
             read_only: false,

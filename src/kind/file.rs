@@ -33,13 +33,6 @@ pub fn tag(key: &str) -> String {
     t
 }
 
-/// The loop device's own number as a device, from /dev/loopN.
-fn loop_devnum(n: u32) -> Result<DevNum> {
-    let m = std::fs::metadata(format!("/dev/loop{n}"))
-        .with_context(|| format!("examining /dev/loop{n}"))?;
-    Ok(DevNum::from_rdev(m.rdev()))
-}
-
 pub fn add(
     job: &Job,
     store: &Store,
@@ -165,11 +158,10 @@ fn check_sharing(
     )
     .with_context(|| format!("finding the loop devices of {}", path.display()))?;
     let relevant: Vec<&LoopStatus> = users.iter().filter(|u| Some(u.number) != own).collect();
-    let mut devices = Vec::with_capacity(relevant.len());
-    for u in &relevant {
-        let node = PathBuf::from(format!("/dev/loop{}", u.number));
-        devices.push((loop_devnum(u.number)?, node));
-    }
+    let devices: Vec<_> = relevant
+        .iter()
+        .map(|u| (u.device, PathBuf::from(format!("/dev/loop{}", u.number))))
+        .collect();
     let Some(u) = sharing::conflict(store, inv, frontend, mode, &devices)? else {
         return Ok(());
     };
@@ -346,6 +338,7 @@ mod tests {
     fn st(tag: &str, dev: u64, ino: u64) -> LoopStatus {
         LoopStatus {
             number: 3,
+            device: DevNum { major: 7, minor: 3 },
             backing_dev: dev,
             backing_inode: ino,
             read_only: false,

@@ -40,6 +40,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::devnum::DevNum;
 use crate::records;
 
 mod abi;
@@ -60,6 +61,8 @@ const ATTACH_ATTEMPTS: usize = 64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoopStatus {
     pub number: u32,
+    /// The loop device's own number (major:minor), from its descriptor.
+    pub device: DevNum,
     /// st_dev of the backing file (lo_device).
     pub backing_dev: u64,
     /// st_ino of the backing file (lo_inode).
@@ -553,6 +556,7 @@ pub struct LoopDevice {
     file: File,
     info: loop_info64,
     diskseq: Option<u64>,
+    device: DevNum,
 }
 
 impl LoopDevice {
@@ -562,11 +566,13 @@ impl LoopDevice {
             return Ok(None);
         };
         let diskseq = get_diskseq(&file)?;
+        let device = DevNum::from_rdev(file.metadata()?.rdev());
         Ok(Some(LoopDevice {
             number,
             file,
             info,
             diskseq,
+            device,
         }))
     }
 
@@ -577,11 +583,6 @@ impl LoopDevice {
     /// BLKGETDISKSEQ of this binding, None on kernels before 5.15.
     pub fn diskseq(&self) -> Option<u64> {
         self.diskseq
-    }
-
-    /// st_rdev of the loop block device.
-    pub fn rdev(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.rdev())
     }
 
     /// The record of this binding; None when we did not attach it (or its
@@ -604,6 +605,7 @@ impl LoopDevice {
         };
         LoopStatus {
             number,
+            device: self.device,
             backing_dev: self.info.lo_device,
             backing_inode: self.info.lo_inode,
             read_only: self.info.lo_flags & LO_FLAGS_READ_ONLY != 0,
@@ -801,6 +803,12 @@ fn bound_info(number: u32) -> Option<loop_info64> {
 /// BLKGETDISKSEQ of /dev/loopN; Ok(None) when the kernel lacks it.
 pub fn diskseq(number: u32) -> io::Result<Option<u64>> {
     get_diskseq(&File::open(dev_path(number))?)
+}
+
+/// The number (major:minor) of /dev/loopN, bound or not; a bound device's
+/// status carries it already.
+pub fn device_number(number: u32) -> io::Result<DevNum> {
+    Ok(DevNum::from_rdev(fs::metadata(dev_path(number))?.rdev()))
 }
 
 /// LOOP_CLR_FD on /dev/loopN (see `LoopDevice::detach`); Ok when nothing
@@ -1047,6 +1055,8 @@ mod tests {
             dev.major_minor(),
             (libc::major(meta.rdev()), libc::minor(meta.rdev()))
         );
+        // The status carries the device's own number: no caller stats /dev/loopN.
+        assert_eq!(s.device, DevNum::from_rdev(meta.rdev()));
         assert_eq!(users(&path), vec![dev.number()]);
     }
 
