@@ -220,7 +220,11 @@ fn phy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
         .read(true)
         .write(true)
         .open(&img)?;
-    let dev = loopdev::attach(&f, &img, false, PHY_TAG).context("attaching a test block device")?;
+    let opts = loopdev::AttachOptions {
+        tag: PHY_TAG,
+        ..Default::default()
+    };
+    let dev = loopdev::attach(&f, &opts).context("attaching a test block device")?;
     let n = dev.keep();
     left.0.push((n, PHY_TAG.to_string()));
     let path = format!("/dev/loop{n}");

@@ -16,7 +16,7 @@ use nix::sys::stat::FileStat;
 use crate::backend::{Inputs, Outputs};
 use crate::devnum::DevNum;
 use crate::hotplug::Job;
-use crate::loopdev::{self, LoopStatus};
+use crate::loopdev::{self, AttachOptions, LoopStatus};
 use crate::mode::Mode;
 use crate::outcome::{BackendGone, Busy};
 use crate::sharing;
@@ -66,12 +66,13 @@ pub fn add(
     // through a backend's physical-device, which is checked and written
     // under the lock: of two racing adds of one image, the second to take
     // the lock sees the first's physical-device and refuses.
-    let attached = loopdev::attach_in(
+    let attached = loopdev::attach(
         file,
-        path,
-        !mode.writable(),
-        &tag(&inv.key),
-        store.identity(),
+        &AttachOptions {
+            read_only: !mode.writable(),
+            tag: &tag(&inv.key),
+            store: store.identity(),
+        },
     )
     .with_context(|| format!("attaching {} to a loop device", path.display()))?;
     let _lock = job.lock()?;

@@ -386,40 +386,36 @@ fn get_diskseq(device: &File) -> io::Result<Option<u64>> {
     }
 }
 
-/// Attaches `image` (an open file) to a free loop device, read-only if asked,
-/// with `tag` (at most 63 bytes) as lo_crypt_name. `name` is the image's
-/// path for the caller's messages: lo_file_name carries the binding's id,
-/// and tools (losetup, `status`) read the path from sysfs.
-pub fn attach(image: &File, name: &Path, read_only: bool, tag: &str) -> io::Result<Attached> {
-    attach_in(image, name, read_only, tag, "")
+/// How `attach` binds an image.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttachOptions<'a> {
+    /// LO_FLAGS_READ_ONLY, whatever the image's open mode.
+    pub read_only: bool,
+    /// Our ownership tag (the kernel keeps 63 bytes), as lo_crypt_name and
+    /// in the record.
+    pub tag: &'a str,
+    /// The xenstore whose backend the device serves (`Store::identity`);
+    /// empty for the host's own.
+    pub store: &'a str,
 }
 
-/// `attach`, recording that the device serves a backend of `store` (empty:
-/// the host's own xenstore).
-pub fn attach_in(
-    image: &File,
-    name: &Path,
-    read_only: bool,
-    tag: &str,
-    store: &str,
-) -> io::Result<Attached> {
-    match attach_with(image, name, read_only, tag, store, true) {
+/// Attaches `image` (an open file) to a free loop device as `opts` says.
+/// lo_file_name carries the binding's id; tools (losetup, `status`) read
+/// the image's path from sysfs.
+pub fn attach(image: &File, opts: &AttachOptions) -> io::Result<Attached> {
+    match attach_via(image, opts, true) {
         // Kernels before 5.8 have no LOOP_CONFIGURE.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTTY)) => {
-            attach_with(image, name, read_only, tag, store, false)
+            attach_via(image, opts, false)
         }
         r => r,
     }
 }
 
-fn attach_with(
-    image: &File,
-    _name: &Path,
-    read_only: bool,
-    tag: &str,
-    store: &str,
-    use_configure: bool,
-) -> io::Result<Attached> {
+/// `attach` with LOOP_CONFIGURE (`use_configure`) or LOOP_SET_FD and
+/// LOOP_SET_STATUS64.
+fn attach_via(image: &File, opts: &AttachOptions, use_configure: bool) -> io::Result<Attached> {
+    let (read_only, tag, store) = (opts.read_only, opts.tag, opts.store);
     // Checked (and refused) before any device is bound.
     let dir = records::dir()?;
     let control = OpenOptions::new()
@@ -1041,7 +1037,16 @@ mod tests {
     fn check_attach(read_only: bool, use_configure: bool) {
         let dir = TempDir::new();
         let (path, image) = dir.image("disk.img", !read_only);
-        let dev = attach_with(&image, &path, read_only, "xbh-test", "", use_configure).unwrap();
+        let dev = attach_via(
+            &image,
+            &AttachOptions {
+                read_only,
+                tag: "xbh-test",
+                ..Default::default()
+            },
+            use_configure,
+        )
+        .unwrap();
         let s = status(dev.number()).unwrap().unwrap();
         assert_eq!(s.number, dev.number());
         assert_eq!(s.read_only, read_only);
@@ -1079,9 +1084,17 @@ mod tests {
     #[test]
     fn read_only_flag_holds_with_a_writable_image() {
         let dir = TempDir::new();
-        let (path, image) = dir.image("disk.img", true);
+        let (_, image) = dir.image("disk.img", true);
         for use_configure in [true, false] {
-            let dev = attach_with(&image, &path, true, "", "", use_configure).unwrap();
+            let dev = attach_via(
+                &image,
+                &AttachOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+                use_configure,
+            )
+            .unwrap();
             assert!(status(dev.number()).unwrap().unwrap().read_only);
         }
     }
@@ -1089,27 +1102,56 @@ mod tests {
     #[test]
     fn tag_round_trips() {
         let dir = TempDir::new();
-        let (path, image) = dir.image("disk.img", true);
+        let (_, image) = dir.image("disk.img", true);
         let tag = "xen-block-hotplug:7/51712";
-        let dev = attach(&image, &path, false, tag).unwrap();
+        let dev = attach(
+            &image,
+            &AttachOptions {
+                tag,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(status(dev.number()).unwrap().unwrap().tag, tag);
         let long = "t".repeat(100);
-        let dev = attach(&image, &path, false, &long).unwrap();
+        let dev = attach(
+            &image,
+            &AttachOptions {
+                tag: &long,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(status(dev.number()).unwrap().unwrap().tag, long[..63]);
     }
 
     #[test]
     fn store_is_recorded() {
         let dir = TempDir::new();
-        let (path, image) = dir.image("disk.img", true);
-        let dev = attach_in(&image, &path, false, "xbh:x", "/tmp/sim/socket").unwrap();
+        let (_, image) = dir.image("disk.img", true);
+        let dev = attach(
+            &image,
+            &AttachOptions {
+                tag: "xbh:x",
+                store: "/tmp/sim/socket",
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let r = record(dev.number()).unwrap().unwrap();
         assert_eq!(r.store, "/tmp/sim/socket");
         // The attaching process (this test) is alive: an add in progress.
         assert_eq!(r.owner.map(|(pid, _)| pid), Some(std::process::id()));
         assert!(r.owner_alive());
         assert_eq!(status(dev.number()).unwrap().unwrap().tag, "xbh:x");
-        let host = attach(&image, &path, false, "xbh:y").unwrap();
+        let host = attach(
+            &image,
+            &AttachOptions {
+                tag: "xbh:y",
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(record(host.number()).unwrap().unwrap().store, "");
     }
 
@@ -1117,9 +1159,16 @@ mod tests {
     fn pending_record_names_a_binding_killed_before_its_record() {
         let dir = TempDir::new();
         let (path, image) = dir.image("disk.img", true);
-        let number = attach_in(&image, &path, false, "xbh:k", "/s")
-            .unwrap()
-            .keep();
+        let number = attach(
+            &image,
+            &AttachOptions {
+                tag: "xbh:k",
+                store: "/s",
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .keep();
         let guard = DetachOnDrop(number);
         let device = File::open(dev_path(number)).unwrap();
         let mut info = loop_info64::ZERO;
@@ -1151,8 +1200,15 @@ mod tests {
     #[test]
     fn stale_record_is_ignored() {
         let dir = TempDir::new();
-        let (path, image) = dir.image("disk.img", true);
-        let dev = attach(&image, &path, false, "mine").unwrap();
+        let (_, image) = dir.image("disk.img", true);
+        let dev = attach(
+            &image,
+            &AttachOptions {
+                tag: "mine",
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut info = loop_info64::ZERO;
         unsafe { loop_get_status64(dev.device.as_raw_fd(), &mut info) }.unwrap();
         // As if left by an earlier binding of this device number, under
@@ -1174,8 +1230,16 @@ mod tests {
     #[test]
     fn a_record_from_an_earlier_boot_is_never_believed_and_pruned_alone() {
         let dir = TempDir::new();
-        let (path, image) = dir.image("disk.img", true);
-        let dev = attach_in(&image, &path, false, "xbh:boot", "/s").unwrap();
+        let (_, image) = dir.image("disk.img", true);
+        let dev = attach(
+            &image,
+            &AttachOptions {
+                tag: "xbh:boot",
+                store: "/s",
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let n = dev.number();
         assert!(record(n).unwrap().is_some());
         let seq = dev.diskseq();
@@ -1256,7 +1320,15 @@ mod tests {
         let dir = TempDir::new();
         let (a_path, a) = dir.image("a.img", true);
         let (b_path, b) = dir.image("b.img", true);
-        let n = attach(&a, &a_path, false, "xbh:judged").unwrap().keep();
+        let n = attach(
+            &a,
+            &AttachOptions {
+                tag: "xbh:judged",
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .keep();
         let guard = DetachOnDrop(n);
         // remove (or cleanup) judges the device through its handle...
         let judged = LoopDevice::open(n).unwrap().unwrap();
@@ -1265,7 +1337,7 @@ mod tests {
         // attaches another image: while the handle is open, the number is
         // not free, so the new binding gets another device.
         detach(n).unwrap();
-        let other = attach(&b, &b_path, false, "").unwrap();
+        let other = attach(&b, &AttachOptions::default()).unwrap();
         assert_ne!(other.number(), n);
         judged.detach().unwrap();
         // Detached: the number may be anyone's from now on.
@@ -1278,7 +1350,7 @@ mod tests {
     fn drop_detaches() {
         let dir = TempDir::new();
         let (path, image) = dir.image("disk.img", true);
-        let dev = attach(&image, &path, false, "").unwrap();
+        let dev = attach(&image, &AttachOptions::default()).unwrap();
         assert_eq!(users(&path), vec![dev.number()]);
         drop(dev);
         wait_unused(&path);
@@ -1288,7 +1360,7 @@ mod tests {
     fn keep_keeps() {
         let dir = TempDir::new();
         let (path, image) = dir.image("disk.img", true);
-        let number = attach(&image, &path, false, "").unwrap().keep();
+        let number = attach(&image, &AttachOptions::default()).unwrap().keep();
         let guard = DetachOnDrop(number);
         assert_eq!(users(&path), vec![number]);
         drop(guard);
@@ -1301,9 +1373,23 @@ mod tests {
         let dir = TempDir::new();
         let (a_path, a) = dir.image("a.img", true);
         let (b_path, b) = dir.image("b.img", false);
-        let a1 = attach(&a, &a_path, false, "").unwrap();
-        let a2 = attach(&a, &a_path, true, "").unwrap();
-        let b1 = attach(&b, &b_path, true, "").unwrap();
+        let a1 = attach(&a, &AttachOptions::default()).unwrap();
+        let a2 = attach(
+            &a,
+            &AttachOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let b1 = attach(
+            &b,
+            &AttachOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut want = vec![a1.number(), a2.number()];
         want.sort();
         // std's st_dev matches the kernel's lo_device encoding.
@@ -1324,12 +1410,12 @@ mod tests {
     #[test]
     fn diskseq_changes_on_reattach() {
         let dir = TempDir::new();
-        let (path, image) = dir.image("disk.img", true);
-        let dev = attach(&image, &path, false, "").unwrap();
+        let (_, image) = dir.image("disk.img", true);
+        let dev = attach(&image, &AttachOptions::default()).unwrap();
         let first = dev.diskseq().expect("diskseq on this kernel");
         assert_eq!(diskseq(dev.number()).unwrap(), Some(first));
         drop(dev);
-        let dev = attach(&image, &path, false, "").unwrap();
+        let dev = attach(&image, &AttachOptions::default()).unwrap();
         assert!(dev.diskseq().unwrap() > first);
     }
 
@@ -1339,7 +1425,7 @@ mod tests {
         let (path, image) = dir.image("disk.img", true);
         let devices: Vec<Attached> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..16)
-                .map(|_| s.spawn(|| attach(&image, &path, false, "").unwrap()))
+                .map(|_| s.spawn(|| attach(&image, &AttachOptions::default()).unwrap()))
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
