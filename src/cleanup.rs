@@ -17,9 +17,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::devnum::{self, DevNum};
-use crate::kind::file::TAG_PREFIX;
 use crate::lock;
 use crate::loopdev::{self, LoopDevice, LoopStatus};
+use crate::records::TAG_PREFIX;
 use crate::store::Store;
 
 /// What the backend a tag names says now.

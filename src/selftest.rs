@@ -29,7 +29,7 @@ const FIRST_DOMID: u32 = 32700;
 const PHY_TAG: &str = "xen-block-hotplug-selftest";
 
 fn file_tag(backend: &str) -> String {
-    crate::kind::file::tag(backend)
+    crate::records::tag(backend)
 }
 
 struct Bed {

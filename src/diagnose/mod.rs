@@ -24,9 +24,10 @@ use crate::devnum::DevNum;
 use crate::exit_codes::ExitCode;
 use crate::holders::{self, Probe};
 use crate::invocation::{Action, Invocation, Vars};
-use crate::kind::{self, file, Target};
+use crate::kind::{self, Target};
 use crate::loopdev;
 use crate::mode::Mode;
+use crate::records::{self, Decision};
 use crate::sharing::{self, DomVm, User};
 use crate::store::{Request, Store};
 
@@ -605,13 +606,13 @@ fn check_loop(
     lc.diskseq = current.map(|s| format!("{s:x}"));
     lc.backs_image = image.map(|id| id == (st.backing_dev, st.backing_inode));
     // None: only `remove` compares the record's store with its own.
-    let decision = file::decide(&st, &file::tag(&inv.key), recorded, current, image, None);
+    let decision = records::decide(&st, &records::tag(&inv.key), recorded, current, image, None);
     // Another backing file is the plainest reason to give; the tag and the
     // diskseq tell the rest.
     lc.not_ours = match (lc.backs_image, decision) {
         (Some(false), _) => Some(format!("it is backed by {} now", st.backing_file)),
-        (_, file::Decision::Leave(why)) => Some(why),
-        (_, file::Decision::Detach) => None,
+        (_, Decision::Leave(why)) => Some(why),
+        (_, Decision::Detach) => None,
     };
     lc
 }
