@@ -1,7 +1,8 @@
 //! What is ours alone about the loop devices we attach: where their
-//! ownership records live and when a record may be believed (here), and
-//! our tag with the remove decision (`policy`). `loopdev` writes and reads
-//! the records; see its header for what a record holds and why.
+//! ownership records live and when a record may be believed (here), what a
+//! record says and which binding it describes (`entry`), and our tag with
+//! the remove decision (`policy`). `loopdev` reads the kernel's side and
+//! calls these; see its header for what a record holds and why.
 //!
 //! Records decide what `cleanup` and `remove` detach, so their directory is
 //! trusted only when nobody but root can have written it: owned by root,
@@ -36,8 +37,10 @@ use std::sync::OnceLock;
 
 use nix::libc;
 
+mod entry;
 pub mod policy;
 
+pub use entry::*;
 pub use policy::{decide, tag, Decision, TAG_PREFIX};
 
 /// Where records live unless `--records-dir` / XEN_BLOCK_HOTPLUG_RECORDS says otherwise.
