@@ -426,7 +426,14 @@ fn phy400(b: &mut Bench, iters: usize, img: &Path) -> Row {
         .open(img)
         .expect("opening the phy image");
     // Detached on drop, and by the bed's guard after a panic.
-    let dev = loopdev::attach(&f, img, false, "xbh-bench").expect("attaching the phy device");
+    let dev = loopdev::attach(
+        &f,
+        &loopdev::AttachOptions {
+            tag: "xbh-bench",
+            ..Default::default()
+        },
+    )
+    .expect("attaching the phy device");
     let path = dev.path().to_string_lossy().into_owned();
     for i in 0..iters {
         for peer in order(i) {

@@ -200,7 +200,7 @@ impl Inputs {
     pub fn recorded_diskseq(&self) -> Option<u64> {
         self.diskseq
             .as_deref()
-            .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+            .and_then(crate::devnum::parse_diskseq)
     }
 }
 

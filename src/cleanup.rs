@@ -14,10 +14,10 @@
 use anyhow::{Context, Result};
 
 use crate::backend;
-use crate::devnum::DevNum;
+use crate::devnum::{self, DevNum};
 use crate::job::LockSpec;
-use crate::kind::file::TAG_PREFIX;
 use crate::loopdev::{self, LoopDevice, LoopStatus};
+use crate::records::TAG_PREFIX;
 use crate::store::Store;
 
 /// What the backend a tag names says now.
@@ -49,10 +49,7 @@ pub fn orphan_reason(device: DevNum, diskseq: Option<u64>, view: &BackendView) -
             Some(p) => format!("its backend now names another device ({p})"),
         });
     }
-    let recorded = view
-        .diskseq
-        .as_deref()
-        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+    let recorded = view.diskseq.as_deref().and_then(devnum::parse_diskseq);
     if let (Some(r), Some(c)) = (recorded, diskseq) {
         if r != c {
             return Some(format!(
@@ -146,10 +143,7 @@ pub fn run(opts: &Options, store: &Store) -> Result<Vec<Finding>> {
     let mut findings = Vec::new();
     for (dev, st, key) in ours(store)? {
         let n = st.number;
-        let device = dev
-            .rdev()
-            .map(DevNum::from_rdev)
-            .with_context(|| format!("examining /dev/loop{n}"))?;
+        let device = st.device;
         let v = view(store, &key)?;
         let orphan = orphan_reason(device, dev.diskseq(), &v);
         if let Some(why) = &orphan {

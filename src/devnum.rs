@@ -43,6 +43,12 @@ impl DevNum {
     }
 }
 
+/// A `diskseq` node's value (hex, as add writes it); None for anything else.
+/// The one parser of it: remove, cleanup and diagnose all read it here.
+pub fn parse_diskseq(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.trim(), 16).ok()
+}
+
 impl std::fmt::Display for DevNum {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.to_node())
@@ -52,6 +58,16 @@ impl std::fmt::Display for DevNum {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diskseq_is_read_as_add_writes_it() {
+        assert_eq!(parse_diskseq("2a"), Some(42));
+        assert_eq!(parse_diskseq(" 2A\n"), Some(42));
+        assert_eq!(parse_diskseq(&format!("{:x}", u64::MAX)), Some(u64::MAX));
+        for bad in ["", "0x2a", "g", "-1", "1 2"] {
+            assert_eq!(parse_diskseq(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn formats_like_stat() {

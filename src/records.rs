@@ -1,6 +1,8 @@
-//! Where the ownership records of our loop devices live, and when a record
-//! may be believed. (`loopdev` writes and reads them; see its header for
-//! what a record holds.)
+//! What is ours alone about the loop devices we attach: where their
+//! ownership records live and when a record may be believed (here), what a
+//! record says and which binding it describes (`entry`), and our tag with
+//! the remove decision (`policy`). `loopdev` reads the kernel's side and
+//! calls these; see its header for what a record holds and why.
 //!
 //! Records decide what `cleanup` and `remove` detach, so their directory is
 //! trusted only when nobody but root can have written it: owned by root,
@@ -34,6 +36,12 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use nix::libc;
+
+mod entry;
+pub mod policy;
+
+pub use entry::*;
+pub use policy::{decide, tag, Decision, TAG_PREFIX};
 
 /// Where records live unless `--records-dir` / XEN_BLOCK_HOTPLUG_RECORDS says otherwise.
 pub const DEFAULT_DIR: &str = "/var/run/xen-block-hotplug";

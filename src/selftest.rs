@@ -30,7 +30,7 @@ const FIRST_DOMID: u32 = 32700;
 const PHY_TAG: &str = "xen-block-hotplug-selftest";
 
 fn file_tag(backend: &str) -> String {
-    crate::kind::file::tag(backend)
+    crate::records::tag(backend)
 }
 
 struct Bed {
@@ -223,7 +223,11 @@ fn phy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
         .read(true)
         .write(true)
         .open(&img)?;
-    let dev = loopdev::attach(&f, &img, false, PHY_TAG).context("attaching a test block device")?;
+    let opts = loopdev::AttachOptions {
+        tag: PHY_TAG,
+        ..Default::default()
+    };
+    let dev = loopdev::attach(&f, &opts).context("attaching a test block device")?;
     let n = dev.keep();
     left.0.push((n, PHY_TAG.to_string()));
     let path = format!("/dev/loop{n}");

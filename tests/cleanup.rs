@@ -30,7 +30,15 @@ fn cleanup_detaches_only_this_stores_orphans() {
     }
     // A device of someone else: no tag, no record. Detached by `a`'s guard.
     let f = std::fs::File::open(&untagged).unwrap();
-    let foreign = loopdev::attach(&f, &untagged, true, "").unwrap().keep();
+    let foreign = loopdev::attach(
+        &f,
+        &loopdev::AttachOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .keep();
 
     // xen-hotplug-cleanup removed one backend without a remove; in each
     // store. Another backend now names a different device.

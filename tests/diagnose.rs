@@ -38,7 +38,11 @@ fn attach(path: &std::path::Path) -> loopdev::Attached {
         .write(true)
         .open(path)
         .unwrap();
-    loopdev::attach(&f, path, false, "xbh-test").unwrap()
+    let opts = loopdev::AttachOptions {
+        tag: "xbh-test",
+        ..Default::default()
+    };
+    loopdev::attach(&f, &opts).unwrap()
 }
 
 #[test]

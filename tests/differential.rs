@@ -421,7 +421,14 @@ fn phy_loop(rig: &Rig) -> Outcome {
         .write(true)
         .open(&img)
         .expect("opening the disk image");
-    let disk = loopdev::attach(&f, &img, false, "xbh-test-disk").expect("attaching the disk");
+    let disk = loopdev::attach(
+        &f,
+        &loopdev::AttachOptions {
+            tag: "xbh-test-disk",
+            ..Default::default()
+        },
+    )
+    .expect("attaching the disk");
     let p = disk.path().to_string_lossy().into_owned();
     let b = rig.bed.backend(5, 51712, "phy", &p, "w");
     let mut o = Outcome::default();

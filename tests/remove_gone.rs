@@ -72,7 +72,9 @@ fn remove_of_a_gone_phy_backend_detaches_nothing() {
         .open(&img)
         .unwrap();
     // A disk of the host (untagged, unrecorded), given to a guest as phy.
-    let n = loopdev::attach(&f, &img, false, "").unwrap().keep();
+    let n = loopdev::attach(&f, &loopdev::AttachOptions::default())
+        .unwrap()
+        .keep();
     let b = bed.backend(7, 51728, "phy", &format!("/dev/loop{n}"), "w");
     assert_eq!(bed.run("add", &b).code, 0);
     bed.sim.rm(&format!("/local/domain/0/{b}"));

@@ -15,7 +15,6 @@ pub mod verdict;
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -25,9 +24,10 @@ use crate::devnum::DevNum;
 use crate::exit_codes::ExitCode;
 use crate::holders::{self, Probe};
 use crate::invocation::{Action, Invocation, Vars};
-use crate::kind::{self, file, Target};
+use crate::kind::{self, Target};
 use crate::loopdev;
 use crate::mode::Mode;
+use crate::records::{self, Decision};
 use crate::sharing::{self, DomVm, User};
 use crate::store::{Request, Store};
 
@@ -430,7 +430,7 @@ fn mode_of(t: &Toolstack) -> Mode {
 /// The bound loop devices by backing file (dev, inode), from one scan of
 /// the host's loop devices, for every disk of a diagnose run.
 #[derive(Debug, Default)]
-struct LoopIndex(HashMap<(u64, u64), Vec<u32>>);
+struct LoopIndex(HashMap<(u64, u64), Vec<(u32, DevNum)>>);
 
 impl LoopIndex {
     fn scan() -> LoopIndex {
@@ -438,18 +438,24 @@ impl LoopIndex {
     }
 
     fn of(bound: &[loopdev::LoopStatus]) -> LoopIndex {
-        let mut m: HashMap<(u64, u64), Vec<u32>> = HashMap::new();
+        let mut m: HashMap<(u64, u64), Vec<(u32, DevNum)>> = HashMap::new();
         for s in bound {
             m.entry((s.backing_dev, s.backing_inode))
                 .or_default()
-                .push(s.number);
+                .push((s.number, s.device));
         }
         LoopIndex(m)
     }
 
     /// The loop devices backed by the file (dev, ino), as `users_of` finds them.
-    fn users(&self, dev: u64, ino: u64) -> &[u32] {
+    fn of_file(&self, dev: u64, ino: u64) -> &[(u32, DevNum)] {
         self.0.get(&(dev, ino)).map_or(&[], Vec::as_slice)
+    }
+
+    /// Their numbers.
+    #[cfg(test)]
+    fn users(&self, dev: u64, ino: u64) -> Vec<u32> {
+        self.of_file(dev, ino).iter().map(|(n, _)| *n).collect()
     }
 }
 
@@ -530,11 +536,8 @@ fn check(
     }
     if let Some((dev, ino)) = image {
         // Every loop device on the image, as the add's sharing check sees it.
-        for n in loops.get_or_init(LoopIndex::scan).users(dev, ino) {
-            if let Ok(m) = std::fs::metadata(format!("/dev/loop{n}")) {
-                devs.push(DevNum::from_rdev(m.rdev()));
-            }
-        }
+        let index = loops.get_or_init(LoopIndex::scan);
+        devs.extend(index.of_file(dev, ino).iter().map(|(_, d)| *d));
     }
     if let Some(node) = h.node.as_deref() {
         let lc = check_loop(inv, node, h, image, mode);
@@ -566,10 +569,14 @@ fn check_loop(
         lc.not_ours = Some(format!("{node} is not a loop device"));
         return lc;
     };
-    lc.device_number = std::fs::metadata(format!("/dev/loop{n}"))
-        .ok()
-        .map(|m| DevNum::from_rdev(m.rdev()).to_node());
-    let st = match loopdev::status(n) {
+    let status = loopdev::status(n);
+    // A bound device's status carries its number; a free one has none.
+    lc.device_number = match &status {
+        Ok(Some(st)) => Some(st.device),
+        _ => loopdev::device_number(n).ok(),
+    }
+    .map(DevNum::to_node);
+    let st = match status {
         Ok(Some(st)) => st,
         Ok(None) => {
             lc.not_ours = Some("it is not attached to any file".into());
@@ -581,23 +588,20 @@ fn check_loop(
         }
     };
     let current = loopdev::diskseq(n).ok().flatten();
-    let recorded = h
-        .diskseq
-        .as_deref()
-        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
+    let recorded = h.diskseq.as_deref().and_then(crate::devnum::parse_diskseq);
     lc.bound = true;
     lc.backing_file = Some(st.backing_file.clone());
     lc.read_only = Some(st.read_only);
     lc.diskseq = current.map(|s| format!("{s:x}"));
     lc.backs_image = image.map(|id| id == (st.backing_dev, st.backing_inode));
     // None: only `remove` compares the record's store with its own.
-    let decision = file::decide(&st, &file::tag(&inv.key), recorded, current, image, None);
+    let decision = records::decide(&st, &records::tag(&inv.key), recorded, current, image, None);
     // Another backing file is the plainest reason to give; the tag and the
     // diskseq tell the rest.
     lc.not_ours = match (lc.backs_image, decision) {
         (Some(false), _) => Some(format!("it is backed by {} now", st.backing_file)),
-        (_, file::Decision::Leave(why)) => Some(why),
-        (_, file::Decision::Detach) => None,
+        (_, Decision::Leave(why)) => Some(why),
+        (_, Decision::Detach) => None,
     };
     lc
 }
@@ -780,6 +784,10 @@ mod tests {
     fn one_scan_of_the_loop_devices_serves_every_disk() {
         let st = |number, dev, ino| loopdev::LoopStatus {
             number,
+            device: DevNum {
+                major: 7,
+                minor: u64::from(number),
+            },
             backing_dev: dev,
             backing_inode: ino,
             read_only: false,

@@ -1,10 +1,12 @@
 //! `file`: an image attached to a loop device at add, detached at remove.
 //!
-//! Every loop device we attach carries a tag in the kernel (lo_crypt_name,
-//! unused without encryption): `xbh:` and the backend it serves. With the
-//! diskseq recorded at add, remove can tell our device from one that was
-//! freed and re-used for another disk since, and `cleanup` can tell ours
-//! from anyone else's.
+//! Every loop device we attach carries a tag, `xbh:` and the backend it
+//! serves (`records::tag`). It is given to the kernel as lo_crypt_name,
+//! but current kernels do not keep it there: it lives in the device's
+//! record file under /run (see `loopdev` and `records`). With the diskseq
+//! recorded at add, remove can tell our device from one that was freed and
+//! re-used for another disk since (`records::decide`), and `cleanup` can
+//! tell ours from anyone else's.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -16,29 +18,12 @@ use nix::sys::stat::FileStat;
 use crate::backend::{Inputs, Outputs};
 use crate::devnum::DevNum;
 use crate::job::Job;
-use crate::loopdev::{self, LoopStatus};
+use crate::loopdev::{self, AttachOptions, LoopStatus};
 use crate::mode::Mode;
 use crate::outcome::{BackendGone, Busy};
+use crate::records::{decide, tag, Decision};
 use crate::sharing;
 use crate::store::Store;
-
-/// Prefix of the tag on the loop devices we attach.
-pub const TAG_PREFIX: &str = "xbh:";
-
-/// The tag of the loop device serving backend `key` (at most 63 bytes: the
-/// kernel keeps 64 with the NUL).
-pub fn tag(key: &str) -> String {
-    let mut t = format!("{TAG_PREFIX}{key}");
-    t.truncate(63);
-    t
-}
-
-/// The loop device's own number as a device, from /dev/loopN.
-fn loop_devnum(n: u32) -> Result<DevNum> {
-    let m = std::fs::metadata(format!("/dev/loop{n}"))
-        .with_context(|| format!("examining /dev/loop{n}"))?;
-    Ok(DevNum::from_rdev(m.rdev()))
-}
 
 pub fn add(
     job: &Job,
@@ -73,12 +58,13 @@ pub fn add(
     // through a backend's physical-device, which is checked and written
     // under the lock: of two racing adds of one image, the second to take
     // the lock sees the first's physical-device and refuses.
-    let attached = loopdev::attach_in(
+    let attached = loopdev::attach(
         file,
-        path,
-        !mode.writable(),
-        &tag(&inv.key),
-        store.identity(),
+        &AttachOptions {
+            read_only: !mode.writable(),
+            tag: &tag(&inv.key),
+            store: store.identity(),
+        },
     )
     .with_context(|| format!("attaching {} to a loop device", path.display()))?;
     let _lock = job.lock()?;
@@ -165,11 +151,10 @@ fn check_sharing(
     )
     .with_context(|| format!("finding the loop devices of {}", path.display()))?;
     let relevant: Vec<&LoopStatus> = users.iter().filter(|u| Some(u.number) != own).collect();
-    let mut devices = Vec::with_capacity(relevant.len());
-    for u in &relevant {
-        let node = PathBuf::from(format!("/dev/loop{}", u.number));
-        devices.push((loop_devnum(u.number)?, node));
-    }
+    let devices: Vec<_> = relevant
+        .iter()
+        .map(|u| (u.device, PathBuf::from(format!("/dev/loop{}", u.number))))
+        .collect();
     let Some(u) = sharing::conflict(store, inv, frontend, mode, &devices)? else {
         return Ok(());
     };
@@ -186,62 +171,6 @@ fn check_sharing(
         mode.describe()
     ))
     .into())
-}
-
-/// Whether remove may detach a loop device, and why not.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    Detach,
-    Leave(String),
-}
-
-/// Decides on the loop device `st` named by the backend's `node`. `tag` is
-/// this backend's tag, `recorded` the diskseq written at add, `current` the
-/// device's diskseq now, `image` the (dev, inode) of `params` now, if it
-/// still exists, `other_store` the xenstore the device's record says it
-/// serves when that is not this one.
-pub fn decide(
-    st: &LoopStatus,
-    tag: &str,
-    recorded: Option<u64>,
-    current: Option<u64>,
-    image: Option<(u64, u64)>,
-    other_store: Option<&str>,
-) -> Decision {
-    // The tag names a backend path, which another store (a test's
-    // simulator) has too; without diskseq (kernels before 5.15) nothing
-    // else would tell its device from ours.
-    if let Some(s) = other_store {
-        let s = if s.is_empty() {
-            "the host's xenstore"
-        } else {
-            s
-        };
-        return Decision::Leave(format!("it serves a backend of {s}"));
-    }
-    if let (Some(r), Some(c)) = (recorded, current) {
-        if r != c {
-            return Decision::Leave(format!(
-                "it was re-attached since this disk was added (diskseq {c:x}, recorded {r:x})"
-            ));
-        }
-    }
-    if st.tag.starts_with(TAG_PREFIX) {
-        if st.tag != tag {
-            return Decision::Leave(format!("it now serves {}", &st.tag[TAG_PREFIX.len()..]));
-        }
-        return Decision::Detach;
-    }
-    // Untagged: attached by the stock script before the switch (or by
-    // someone else). Only the image's identity can tell.
-    match image {
-        Some(id) if id == (st.backing_dev, st.backing_inode) => Decision::Detach,
-        Some(_) => Decision::Leave(format!(
-            "it is backed by {}, not by this disk's image",
-            st.backing_file
-        )),
-        None => Decision::Leave("the image is gone and the device carries no tag of ours".into()),
-    }
 }
 
 pub fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
@@ -337,71 +266,4 @@ pub fn remove_gone(job: &Job, store: &Store) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn st(tag: &str, dev: u64, ino: u64) -> LoopStatus {
-        LoopStatus {
-            number: 3,
-            backing_dev: dev,
-            backing_inode: ino,
-            read_only: false,
-            tag: tag.into(),
-            backing_file: "/disk/a.img".into(),
-        }
-    }
-
-    #[test]
-    fn tag_is_bounded() {
-        assert_eq!(tag("backend/vbd/5/51728"), "xbh:backend/vbd/5/51728");
-        assert_eq!(tag(&"x".repeat(100)).len(), 63);
-    }
-
-    #[test]
-    fn detaches_only_its_own_device() {
-        let me = tag("backend/vbd/5/51728");
-        assert_eq!(
-            decide(&st(&me, 1, 2), &me, Some(9), Some(9), None, None),
-            Decision::Detach
-        );
-        assert_eq!(
-            decide(&st(&me, 1, 2), &me, None, Some(9), Some((1, 2)), None),
-            Decision::Detach
-        );
-        // Re-attached since: diskseq moved on.
-        assert!(matches!(
-            decide(&st(&me, 1, 2), &me, Some(9), Some(10), Some((1, 2)), None),
-            Decision::Leave(_)
-        ));
-        // The same backend path in another store: never ours, whatever
-        // the tag, with or without diskseq.
-        for store in ["/tmp/other/xenstored.sock", ""] {
-            assert!(matches!(
-                decide(&st(&me, 1, 2), &me, None, None, Some((1, 2)), Some(store)),
-                Decision::Leave(_)
-            ));
-        }
-        // Re-used by another backend of ours.
-        let other = tag("backend/vbd/6/51728");
-        assert!(matches!(
-            decide(&st(&other, 1, 2), &me, None, None, Some((1, 2)), None),
-            Decision::Leave(_)
-        ));
-        // Stock-attached (untagged): by the image's identity only.
-        assert_eq!(
-            decide(&st("", 1, 2), &me, None, None, Some((1, 2)), None),
-            Decision::Detach
-        );
-        assert!(matches!(
-            decide(&st("", 1, 3), &me, None, None, Some((1, 2)), None),
-            Decision::Leave(_)
-        ));
-        assert!(matches!(
-            decide(&st("", 1, 2), &me, None, None, None, None),
-            Decision::Leave(_)
-        ));
-    }
 }

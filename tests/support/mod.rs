@@ -24,7 +24,7 @@ pub fn disk(bed: &Bed, name: &str) -> u32 {
         .write(true)
         .open(&img)
         .expect("opening a disk image");
-    loopdev::attach(&f, &img, false, "")
+    loopdev::attach(&f, &loopdev::AttachOptions::default())
         .expect("attaching a test disk")
         .keep()
 }
