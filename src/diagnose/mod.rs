@@ -97,6 +97,13 @@ pub struct Toolstack {
     pub frontend_state_name: Option<&'static str>,
 }
 
+impl Toolstack {
+    /// The disk's mode as the add reads it (a missing node is read-only).
+    pub fn mode(&self) -> Mode {
+        Mode::parse(self.mode.as_deref().unwrap_or(""))
+    }
+}
+
 /// What the hotplug script wrote.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Hotplug {
@@ -434,10 +441,6 @@ fn frontend_domid(d: &Device) -> u32 {
         .unwrap_or(d.domid)
 }
 
-fn mode_of(t: &Toolstack) -> Mode {
-    Mode::parse(t.mode.as_deref().unwrap_or(""))
-}
-
 /// The bound loop devices by backing file (dev, inode), from one scan of
 /// the host's loop devices, for every disk of a diagnose run.
 #[derive(Debug, Default)]
@@ -473,7 +476,7 @@ fn check(
     raw: &[u8],
     loops: &OnceCell<LoopIndex>,
 ) -> (Checks, Vec<DevNum>) {
-    let mode = mode_of(t);
+    let mode = t.mode();
     let ty = t.ty.as_deref().unwrap_or("");
     let params = t.params.as_deref().unwrap_or("");
     let mut c = Checks::default();
@@ -620,7 +623,7 @@ fn conflicts(
     sources: &holders::Sources,
     vms: &HashMap<u32, DomVm>,
 ) -> Vec<Conflict> {
-    let mode = mode_of(&d.toolstack);
+    let mode = d.toolstack.mode();
     if mode == Mode::Unchecked || devs.is_empty() {
         return Vec::new();
     }
