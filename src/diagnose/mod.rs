@@ -519,7 +519,7 @@ fn check(
         }
         Ok(Target::File { path, stat, .. }) => {
             image = Some((stat.st_dev, stat.st_ino));
-            let ro = mode.writable() && stat.st_mode & 0o222 == 0;
+            let ro = kind::read_only_image(mode, stat.st_mode);
             ParamsCheck {
                 ok: !ro,
                 kind: "file",
