@@ -330,12 +330,14 @@ pub fn gather(d: DevNum, probe: Probe, sources: &Sources) -> Facts {
     }
 }
 
-/// The dom0 user of any of `devices` that forbids the request, probing
-/// each (for a writer) through the node `node_of` gives for it. A device
-/// a writer's probe finds free has no dom0 user at all, and nothing more
-/// is read for it.
-pub fn dom0_user(devices: &[(DevNum, PathBuf)], want_write: bool) -> anyhow::Result<Option<User>> {
+/// The facts about dom0's use of each of `devices` that it may hold,
+/// probing each (for a writer) through the node `node_of` gives for it. A
+/// device a writer's probe finds free has no dom0 user at all, and nothing
+/// more is read for it (it has no facts). The rule (`sharing::judge`,
+/// through `decide`) judges them.
+pub fn dom0_facts(devices: &[(DevNum, PathBuf)], want_write: bool) -> anyhow::Result<Vec<Facts>> {
     let mut sources: Option<Sources> = None;
+    let mut out = Vec::new();
     for (d, node) in devices {
         let mut p = if want_write {
             probe(node)
@@ -360,11 +362,15 @@ pub fn dom0_user(devices: &[(DevNum, PathBuf)], want_write: bool) -> anyhow::Res
             p = probe(node);
             facts.probe = p;
         }
-        if let Some(u) = decide(want_write, &facts) {
-            return Ok(Some(u));
+        // The first device dom0 holds decides the add: the rest need not
+        // be probed.
+        let held = decide(want_write, &facts).is_some();
+        out.push(facts);
+        if held {
+            break;
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 fn unseen(d: DevNum) -> User {

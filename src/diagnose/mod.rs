@@ -407,7 +407,8 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         sharing::read_vms(store, &doms)?
     };
     for (d, devs) in devices.iter_mut().zip(&wanted) {
-        d.checks.conflicts = conflicts(d, devs, &users, &sources, &vms);
+        let dom0 = dom0_facts(devs, d.toolstack.mode(), &sources);
+        d.checks.conflicts = conflicts(d, devs, &dom0, &users, &vms);
         d.verdict = verdict::judge(d, &lock);
     }
     Ok(Report {
@@ -616,33 +617,48 @@ fn check_loop(
     lc
 }
 
+/// dom0's use of each of `devs`, as the add gathers it for a writer: an
+/// O_EXCL probe through the device's node, then mountinfo, swap and sysfs.
+fn dom0_facts(devs: &[DevNum], mode: Mode, sources: &holders::Sources) -> Vec<holders::Facts> {
+    if mode == Mode::Unchecked {
+        return Vec::new();
+    }
+    devs.iter()
+        .map(|dev| {
+            let probe = match holders::node_of(*dev) {
+                Some(node) if mode.writable() => holders::probe(&node),
+                _ => Probe::Skipped,
+            };
+            holders::gather(*dev, probe, sources)
+        })
+        .collect()
+}
+
+/// The users that forbid backend `d`'s disk (on `devs`), by the add's own
+/// rule (`sharing::judge`) over the gathered facts.
 fn conflicts(
     d: &Device,
     devs: &[DevNum],
+    dom0: &[holders::Facts],
     users: &[User],
-    sources: &holders::Sources,
     vms: &HashMap<u32, DomVm>,
 ) -> Vec<Conflict> {
-    let mode = d.toolstack.mode();
-    if mode == Mode::Unchecked || devs.is_empty() {
-        return Vec::new();
-    }
-    let want_write = mode.writable();
-    let none = DomVm::default();
-    let me = vms.get(&frontend_domid(d)).unwrap_or(&none);
-    let mut out = Vec::new();
-    // dom0's own use, judged as the add judges it.
-    for dev in devs {
-        let probe = match holders::node_of(*dev) {
-            Some(node) if want_write => holders::probe(&node),
-            _ => Probe::Skipped,
-        };
-        let facts = holders::gather(*dev, probe, sources);
-        let Some(u) = holders::decide(want_write, &facts) else {
-            continue;
-        };
+    let want = sharing::Want {
+        mode: d.toolstack.mode(),
+        frontend: frontend_domid(d),
+        backend: &d.inv.backend,
+        devices: devs,
+    };
+    sharing::judge(&want, dom0, users, vms)
+        .into_iter()
+        .map(Conflict::from)
+        .collect()
+}
+
+impl From<User> for Conflict {
+    fn from(u: User) -> Conflict {
         let description = u.describe();
-        out.push(match u {
+        match u {
             User::Mount {
                 point, writable, ..
             } => Conflict {
@@ -669,41 +685,22 @@ fn conflicts(
                 holder: Some(holder.name()),
                 description,
             },
-            User::Guest { .. } => continue,
-        });
-    }
-    for u in users {
-        let User::Guest {
-            device,
-            domid,
-            backend,
-            writable,
-            ..
-        } = u
-        else {
-            continue;
-        };
-        if *backend == d.inv.backend || !devs.contains(device) {
-            continue;
+            User::Guest {
+                domid,
+                backend,
+                writable,
+                ..
+            } => Conflict {
+                user: "guest",
+                domid: Some(domid),
+                backend: Some(backend),
+                mount_point: None,
+                holder: None,
+                writable,
+                description,
+            },
         }
-        let other = vms.get(domid).unwrap_or(&none);
-        if !(want_write || *writable) || sharing::same_vm(me, other) {
-            continue;
-        }
-        out.push(Conflict {
-            user: "guest",
-            domid: Some(*domid),
-            backend: Some(backend.clone()),
-            mount_point: None,
-            holder: None,
-            writable: *writable,
-            description: u
-                .clone()
-                .noted(sharing::untrusted_note(me, other))
-                .describe(),
-        });
     }
-    out
 }
 
 /// The end of the hotplug log (it may be large); empty when unreadable.
@@ -847,5 +844,41 @@ mod tests {
         assert_eq!(state_name("4"), Some("Connected"));
         assert_eq!(state_name("6"), Some("Closed"));
         assert_eq!(state_name("x"), None);
+    }
+
+    #[test]
+    fn diagnose_decides_what_the_add_decides_over_the_same_facts() {
+        use crate::sharing::{self, cases};
+        for (what, mode, dom0, guests, vms, _) in cases::table() {
+            let d = Device {
+                backend: cases::ME.into(),
+                domid: 5,
+                devid: 51712,
+                exists: true,
+                toolstack: Toolstack {
+                    mode: Some(mode.letter().replace('!', "w!")),
+                    ..Toolstack::default()
+                },
+                hotplug: Hotplug::default(),
+                checks: Checks::default(),
+                log: Vec::new(),
+                verdict: Verdict::default(),
+                inv: backend_inv(cases::ME).unwrap(),
+            };
+            assert_eq!(d.toolstack.mode(), mode, "{what}");
+            let want = sharing::Want {
+                mode,
+                frontend: 5,
+                backend: &d.inv.backend,
+                devices: &[cases::DEV],
+            };
+            let add = sharing::decide(&want, &dom0, &guests, &vms);
+            let diagnosed = conflicts(&d, &[cases::DEV], &dom0, &guests, &vms);
+            assert_eq!(
+                diagnosed.first().map(|c| c.description.as_str()),
+                add.as_ref().map(User::describe).as_deref(),
+                "{what}"
+            );
+        }
     }
 }

@@ -15,6 +15,7 @@ pub(crate) use users::unescape;
 pub use users::{guest_users, mounts, parse_mountinfo, users_under, Mount};
 pub use vms::{judge_vm, read_vms, same_vm, untrusted_note, DomVm, Owned, VmFacts};
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -124,9 +125,89 @@ impl User {
     }
 }
 
+/// What is asked: `devices` in `mode` for frontend domain `frontend`,
+/// through backend `backend` (relative to dom0's home, as the scans name
+/// backends: its own entry is no other user).
+#[derive(Clone, Copy, Debug)]
+pub struct Want<'a> {
+    pub mode: Mode,
+    pub frontend: u32,
+    pub backend: &'a str,
+    pub devices: &'a [DevNum],
+}
+
+/// Whether a guest user may forbid a request in `mode` at all: a writer
+/// conflicts with anyone, a reader with writers only. Lets the gathering
+/// skip reading the vm facts of users that cannot matter.
+pub fn may_conflict(mode: Mode, u: &User) -> bool {
+    match u {
+        User::Guest { writable, .. } => mode.writable() || *writable,
+        _ => true,
+    }
+}
+
+/// THE sharing rule, over gathered facts: every user that forbids `want`,
+/// dom0's first (one per device whose `dom0` facts forbid it, judged by
+/// `holders::decide`), then the guests, in the order given. `w!` skips
+/// every check; a writer conflicts with anyone, a reader with writers; a
+/// guest of the same VM (`vms`, trusted nodes only) is no conflict, and
+/// one that claimed to be but was not believed carries why. `guests` are
+/// `User::Guest`s; the request's own backend and other devices are
+/// ignored. Add takes the first; diagnose shows them all.
+pub fn judge(
+    want: &Want<'_>,
+    dom0: &[holders::Facts],
+    guests: &[User],
+    vms: &HashMap<u32, DomVm>,
+) -> Vec<User> {
+    if want.mode == Mode::Unchecked || want.devices.is_empty() {
+        return Vec::new();
+    }
+    let none = DomVm::default();
+    let me = vms.get(&want.frontend).unwrap_or(&none);
+    let mut out: Vec<User> = dom0
+        .iter()
+        .filter_map(|f| holders::decide(want.mode.writable(), f))
+        .collect();
+    for u in guests {
+        let User::Guest {
+            device,
+            domid,
+            backend,
+            ..
+        } = u
+        else {
+            continue;
+        };
+        if backend == want.backend || !want.devices.contains(device) {
+            continue;
+        }
+        let other = vms.get(domid).unwrap_or(&none);
+        if !may_conflict(want.mode, u) || same_vm(me, other) {
+            continue;
+        }
+        out.push(u.clone().noted(untrusted_note(me, other)));
+    }
+    out
+}
+
+/// The add's decision: the first user `judge` finds, None when the request
+/// may go ahead.
+pub fn decide(
+    want: &Want<'_>,
+    dom0: &[holders::Facts],
+    guests: &[User],
+    vms: &HashMap<u32, DomVm>,
+) -> Option<User> {
+    judge(want, dom0, guests, vms).into_iter().next()
+}
+
 /// The first user that forbids using `devices` in `mode` from frontend
 /// domain `frontend`; None when the request may go ahead. Each device comes
-/// with a node to probe it through (see `holders`).
+/// with a node to probe it through (see `holders`). Gathers the facts in
+/// order of cost and stops at the first conflict: dom0's (a probe) before
+/// the other backends' (a scan of the store), and the vm facts only of
+/// guests that `may_conflict`.
 pub fn conflict(
     store: &Store,
     inv: &Invocation,
@@ -137,14 +218,21 @@ pub fn conflict(
     if mode == Mode::Unchecked || devices.is_empty() {
         return Ok(None);
     }
-    let want_write = mode.writable();
-    if let Some(u) = holders::dom0_user(devices, want_write)? {
+    let numbers: Vec<DevNum> = devices.iter().map(|(d, _)| *d).collect();
+    let want = Want {
+        mode,
+        frontend,
+        backend: &inv.backend,
+        devices: &numbers,
+    };
+    let no_vms = HashMap::new();
+    let dom0 = holders::dom0_facts(devices, mode.writable())?;
+    if let Some(u) = decide(&want, &dom0, &[], &no_vms) {
         return Ok(Some(u));
     }
-    let numbers: Vec<DevNum> = devices.iter().map(|(d, _)| *d).collect();
     let users: Vec<User> = guest_users(store, inv, &numbers)?
         .into_iter()
-        .filter(|u| want_write || matches!(u, User::Guest { writable: true, .. }))
+        .filter(|u| may_conflict(mode, u))
         .collect();
     if users.is_empty() {
         return Ok(None);
@@ -160,21 +248,207 @@ pub fn conflict(
     doms.sort_unstable();
     doms.dedup();
     let vms = read_vms(store, &doms)?;
-    let me = vms.get(&frontend).cloned().unwrap_or_default();
-    let none = DomVm::default();
-    Ok(users
-        .into_iter()
-        .find(|u| match u {
-            User::Guest { domid, .. } => !same_vm(&me, vms.get(domid).unwrap_or(&none)),
-            _ => true,
-        })
-        .map(|u| {
-            let note = match &u {
-                User::Guest { domid, .. } => untrusted_note(&me, vms.get(domid).unwrap_or(&none)),
-                _ => None,
-            };
-            u.noted(note)
-        }))
+    Ok(decide(&want, &[], &users, &vms))
+}
+
+/// The facts table the rule is tested over, shared with diagnose's test
+/// that it decides what add decides.
+#[cfg(test)]
+pub(crate) mod cases {
+    use super::*;
+    use crate::holders::{Facts, Layer, Probe};
+
+    pub const ME: &str = "backend/vbd/5/51712";
+    pub const DEV: DevNum = DevNum { major: 7, minor: 3 };
+
+    /// One row: (what the case shows, mode, dom0 facts of DEV, guests,
+    /// vms, the descriptions of the users that forbid it).
+    pub type Case = (
+        &'static str,
+        Mode,
+        Vec<Facts>,
+        Vec<User>,
+        HashMap<u32, DomVm>,
+        Vec<String>,
+    );
+
+    fn dom0(probe: Probe, mounts: &[(&str, bool)], layers: &[(&str, bool)]) -> Facts {
+        Facts {
+            device: DEV,
+            probe,
+            partitions: Vec::new(),
+            mounts: mounts
+                .iter()
+                .map(|(p, w)| Mount {
+                    device: DEV,
+                    point: (*p).into(),
+                    writable: *w,
+                })
+                .collect(),
+            swaps: Vec::new(),
+            layers: layers
+                .iter()
+                .map(|(n, w)| Layer {
+                    name: (*n).into(),
+                    label: None,
+                    writable: *w,
+                    partition: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn guest(domid: u32, backend: &str, device: DevNum, writable: bool) -> User {
+        User::Guest {
+            device,
+            domid,
+            backend: backend.into(),
+            writable,
+            untrusted: None,
+        }
+    }
+
+    fn vm(d: u32, vm: &str, untrusted: &[&str]) -> (u32, DomVm) {
+        (
+            d,
+            DomVm {
+                vm: Some(vm.into()),
+                target_vm: None,
+                untrusted: untrusted.iter().map(|u| (*u).to_string()).collect(),
+            },
+        )
+    }
+
+    pub fn table() -> Vec<Case> {
+        let w7 = || vec![guest(7, "backend/vbd/7/51712", DEV, true)];
+        let r7 = || vec![guest(7, "backend/vbd/7/51712", DEV, false)];
+        let vms = |v: &[(u32, DomVm)]| v.iter().cloned().collect::<HashMap<_, _>>();
+        let apart = vms(&[vm(5, "/vm/a", &[]), vm(7, "/vm/b", &[])]);
+        let one_vm = vms(&[vm(5, "/vm/a", &[]), vm(7, "/vm/a", &[])]);
+        let free = || vec![dom0(Probe::Free, &[], &[])];
+        let s = |v: &[&str]| v.iter().map(|d| (*d).to_string()).collect::<Vec<_>>();
+        let mounted_ro = "mounted read-only on /mnt in the privileged domain";
+        let mounted_rw = "mounted read-write on /mnt in the privileged domain";
+        let by7_rw = "used read-write by domain 7 (backend/vbd/7/51712)";
+        let by7_ro = "used read-only by domain 7 (backend/vbd/7/51712)";
+        vec![
+            ("nobody else", Mode::ReadWrite, free(), vec![], apart.clone(), s(&[])),
+            (
+                "w! skips every check",
+                Mode::Unchecked,
+                vec![dom0(Probe::Busy, &[("/mnt", true)], &[])],
+                w7(),
+                apart.clone(),
+                s(&[]),
+            ),
+            (
+                "a writer against a dom0 read-only mount",
+                Mode::ReadWrite,
+                vec![dom0(Probe::Busy, &[("/mnt", false)], &[])],
+                vec![],
+                apart.clone(),
+                s(&[mounted_ro]),
+            ),
+            (
+                "a reader beside a dom0 read-only mount",
+                Mode::ReadOnly,
+                vec![dom0(Probe::Skipped, &[("/mnt", false)], &[])],
+                vec![],
+                apart.clone(),
+                s(&[]),
+            ),
+            (
+                "a reader against a dom0 read-write mount",
+                Mode::ReadOnly,
+                vec![dom0(Probe::Skipped, &[("/mnt", true)], &[])],
+                vec![],
+                apart.clone(),
+                s(&[mounted_rw]),
+            ),
+            (
+                "a reader beside a read-only layer",
+                Mode::ReadOnly,
+                vec![dom0(Probe::Skipped, &[], &[("dm-0", false)])],
+                vec![],
+                apart.clone(),
+                s(&[]),
+            ),
+            (
+                "a writer against an unseen exclusive holder",
+                Mode::ReadWrite,
+                vec![dom0(Probe::Busy, &[], &[])],
+                vec![],
+                apart.clone(),
+                s(&["held exclusively by something in the privileged domain that cannot be seen"]),
+            ),
+            (
+                "a writer against a reader of another VM",
+                Mode::ReadWrite,
+                free(),
+                r7(),
+                apart.clone(),
+                s(&[by7_ro]),
+            ),
+            (
+                "a reader beside a reader",
+                Mode::ReadOnly,
+                free(),
+                r7(),
+                apart.clone(),
+                s(&[]),
+            ),
+            (
+                "a reader against a writer of another VM",
+                Mode::ReadOnly,
+                free(),
+                w7(),
+                apart.clone(),
+                s(&[by7_rw]),
+            ),
+            (
+                "a writer beside a writer of the same VM",
+                Mode::ReadWrite,
+                free(),
+                w7(),
+                one_vm.clone(),
+                s(&[]),
+            ),
+            (
+                "a writer against a guest whose claim to be the same VM is not believed",
+                Mode::ReadWrite,
+                free(),
+                w7(),
+                vms(&[vm(5, "/vm/a", &[]), vm(7, "/vm/b", &["domain 7's vm node is owned by domain 7"])]),
+                s(&["used read-write by domain 7 (backend/vbd/7/51712; domain 7's vm node is owned by domain 7)"]),
+            ),
+            (
+                "its own backend and other devices are no users",
+                Mode::ReadWrite,
+                free(),
+                vec![
+                    guest(5, ME, DEV, true),
+                    guest(8, "backend/vbd/8/51712", DevNum { major: 7, minor: 4 }, true),
+                ],
+                apart.clone(),
+                s(&[]),
+            ),
+            (
+                "dom0 first, then every guest",
+                Mode::ReadWrite,
+                vec![dom0(Probe::Busy, &[("/mnt", true)], &[])],
+                vec![
+                    guest(7, "backend/vbd/7/51712", DEV, true),
+                    guest(9, "backend/vbd/9/51712", DEV, false),
+                ],
+                apart,
+                s(&[
+                    mounted_rw,
+                    by7_rw,
+                    "used read-only by domain 9 (backend/vbd/9/51712)",
+                ]),
+            ),
+        ]
+    }
 }
 
 #[cfg(test)]
@@ -199,5 +473,33 @@ mod tests {
             u.noted(Some(why.into())).describe(),
             format!("used read-write by domain 7 (backend/vbd/7/51712; {why})")
         );
+    }
+
+    #[test]
+    fn the_rule_over_a_table_of_facts() {
+        for (what, mode, dom0, guests, vms, want) in cases::table() {
+            let w = Want {
+                mode,
+                frontend: 5,
+                backend: cases::ME,
+                devices: &[cases::DEV],
+            };
+            let got: Vec<String> = judge(&w, &dom0, &guests, &vms)
+                .iter()
+                .map(User::describe)
+                .collect();
+            assert_eq!(got.len(), want.len(), "{what}: {got:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g.contains(w.as_str()), "{what}: {g:?} lacks {w:?}");
+            }
+        }
+        // No devices, nothing to share.
+        let w = Want {
+            mode: Mode::ReadWrite,
+            frontend: 5,
+            backend: cases::ME,
+            devices: &[],
+        };
+        assert!(judge(&w, &[], &[], &HashMap::new()).is_empty());
     }
 }
