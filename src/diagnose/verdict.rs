@@ -2,143 +2,8 @@
 //! wrong) and what to do about it. The first rule that applies wins; they
 //! are ordered from what the toolstack sees first to what lies deeper.
 
-use serde::Serialize;
-
-use super::{Device, LockFacts};
-
-/// The rule that applied, by the stable name README's table gives it
-/// (the `problem` column); serialised as that name.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Problem {
-    #[default]
-    Healthy,
-    Params,
-    NeverRan,
-    WaitingForLock,
-    BackendNotReady,
-    Closing,
-    Busy,
-    ScriptFailed,
-    NoPhysicalDevice,
-    LoopDetached,
-    LoopReused,
-    PhysicalDeviceMismatch,
-    ReadOnlyMismatch,
-    ImageGone,
-    Conflict,
-    FrontendNotInitialised,
-    FrontendClosed,
-    FrontendConnectedAlone,
-    GuestStillConnected,
-    NoBackend,
-    UnknownStatus,
-}
-
-impl Problem {
-    /// Every problem, in README's order.
-    pub const ALL: [Problem; 21] = [
-        Problem::Healthy,
-        Problem::Params,
-        Problem::NeverRan,
-        Problem::WaitingForLock,
-        Problem::BackendNotReady,
-        Problem::Closing,
-        Problem::Busy,
-        Problem::ScriptFailed,
-        Problem::NoPhysicalDevice,
-        Problem::LoopDetached,
-        Problem::LoopReused,
-        Problem::PhysicalDeviceMismatch,
-        Problem::ReadOnlyMismatch,
-        Problem::ImageGone,
-        Problem::Conflict,
-        Problem::FrontendNotInitialised,
-        Problem::FrontendClosed,
-        Problem::FrontendConnectedAlone,
-        Problem::GuestStillConnected,
-        Problem::NoBackend,
-        Problem::UnknownStatus,
-    ];
-
-    /// The name README's table and the JSON give it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Problem::Healthy => "healthy",
-            Problem::Params => "params",
-            Problem::NeverRan => "never-ran",
-            Problem::WaitingForLock => "waiting-for-lock",
-            Problem::BackendNotReady => "backend-not-ready",
-            Problem::Closing => "closing",
-            Problem::Busy => "busy",
-            Problem::ScriptFailed => "script-failed",
-            Problem::NoPhysicalDevice => "no-physical-device",
-            Problem::LoopDetached => "loop-detached",
-            Problem::LoopReused => "loop-reused",
-            Problem::PhysicalDeviceMismatch => "physical-device-mismatch",
-            Problem::ReadOnlyMismatch => "read-only-mismatch",
-            Problem::ImageGone => "image-gone",
-            Problem::Conflict => "conflict",
-            Problem::FrontendNotInitialised => "frontend-not-initialised",
-            Problem::FrontendClosed => "frontend-closed",
-            Problem::FrontendConnectedAlone => "frontend-connected-alone",
-            Problem::GuestStillConnected => "guest-still-connected",
-            Problem::NoBackend => "no-backend",
-            Problem::UnknownStatus => "unknown-status",
-        }
-    }
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<&str> for Problem {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Verdict {
-    pub healthy: bool,
-    /// A stable name for the rule that applied (see README).
-    pub problem: Problem,
-    /// What is wrong, for a person: "image /disk/a.img does not exist".
-    pub sentence: String,
-    /// What to do about it; None when healthy.
-    pub action: Option<String>,
-}
-
-impl Verdict {
-    fn bad(problem: Problem, sentence: String, action: impl Into<String>) -> Verdict {
-        Verdict {
-            healthy: false,
-            problem,
-            sentence,
-            action: Some(action.into()),
-        }
-    }
-
-    fn healthy() -> Verdict {
-        Verdict {
-            healthy: true,
-            problem: Problem::Healthy,
-            sentence: "healthy".into(),
-            action: None,
-        }
-    }
-
-    /// The verdict as one sentence: "what is wrong: what to do".
-    pub fn line(&self) -> String {
-        match &self.action {
-            Some(a) => format!("{}: {a}", self.sentence),
-            None => self.sentence.clone(),
-        }
-    }
-}
+use super::lockinfo::LockFacts;
+use super::model::{Device, Problem, Verdict};
 
 /// "detach and re-attach the disk (xl block-detach 5 51728, then xl block-attach 5 ...)".
 fn reattach(d: &Device) -> String {
@@ -589,7 +454,8 @@ fn frontend_domid(d: &Device) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::{backend_inv, state_name, Checks, Hotplug, ParamsCheck, Toolstack};
+    use crate::diagnose::backend_inv;
+    use crate::diagnose::model::{state_name, Checks, Hotplug, ParamsCheck, Toolstack};
 
     fn connected_phy(be: &str, fe: Option<&str>) -> Device {
         Device {
@@ -676,18 +542,5 @@ mod tests {
             judge(&d, &LockFacts::default()).problem,
             "physical-device-mismatch"
         );
-    }
-
-    #[test]
-    fn every_problem_is_named_in_json_as_readmes_table_names_it() {
-        let readme = include_str!("../../README.md");
-        for p in Problem::ALL {
-            let json = serde_json::to_string(&p).unwrap();
-            assert_eq!(json, format!("\"{}\"", p.as_str()));
-            assert!(
-                readme.contains(&format!("| `{p}` |")),
-                "README's table lacks {p}"
-            );
-        }
     }
 }
