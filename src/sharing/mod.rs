@@ -7,6 +7,12 @@
 //! own (mounts, swap, dm/md layers: see `holders`, which probes with O_EXCL
 //! and names them) and the other backends' `physical-device` nodes, compared
 //! as device numbers, never as text.
+//!
+//! The rule is written once, `judge`, pure over gathered facts; the add
+//! (`conflict`, for file and phy) and `diagnose` both call it. Gathering is
+//! apart: `users` scans for a device's users (mountinfo, the other
+//! backends), `vms` reads and trusts the same-VM facts, `holders` probes
+//! dom0's own use.
 
 mod users;
 mod vms;
