@@ -14,11 +14,12 @@
 //! backends), `vms` reads and trusts the same-VM facts, `holders` probes
 //! dom0's own use.
 
+mod dom0;
 mod users;
 mod vms;
 
-pub(crate) use users::unescape;
-pub use users::{guest_users, mounts, parse_mountinfo, users_under, Mount};
+pub use crate::holders::{mounts, parse_mountinfo, Mount};
+pub use users::{guest_users, users_under};
 pub use vms::{judge_vm, read_vms, same_vm, untrusted_note, DomVm, Owned, VmFacts};
 
 use std::collections::HashMap;
@@ -154,7 +155,7 @@ pub fn may_conflict(mode: Mode, u: &User) -> bool {
 
 /// THE sharing rule, over gathered facts: every user that forbids `want`,
 /// dom0's first (one per device whose `dom0` facts forbid it, judged by
-/// `holders::decide`), then the guests, in the order given. `w!` skips
+/// `dom0::decide`), then the guests, in the order given. `w!` skips
 /// every check; a writer conflicts with anyone, a reader with writers; a
 /// guest of the same VM (`vms`, trusted nodes only) is no conflict, and
 /// one that claimed to be but was not believed carries why. `guests` are
@@ -173,7 +174,7 @@ pub fn judge(
     let me = vms.get(&want.frontend).unwrap_or(&none);
     let mut out: Vec<User> = dom0
         .iter()
-        .filter_map(|f| holders::decide(want.mode.writable(), f))
+        .filter_map(|f| dom0::decide(want.mode.writable(), f))
         .collect();
     for u in guests {
         let User::Guest {
@@ -232,7 +233,7 @@ pub fn conflict(
         devices: &numbers,
     };
     let no_vms = HashMap::new();
-    let dom0 = holders::dom0_facts(devices, mode.writable())?;
+    let dom0 = dom0::dom0_facts(devices, mode.writable())?;
     if let Some(u) = decide(&want, &dom0, &[], &no_vms) {
         return Ok(Some(u));
     }

@@ -11,67 +11,6 @@ use crate::invocation::Invocation;
 use crate::mode::Mode;
 use crate::store::{Request, Store};
 
-/// One line of /proc/self/mountinfo that matters here.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    pub device: DevNum,
-    pub point: String,
-    pub writable: bool,
-}
-
-/// Parses mountinfo: field 3 is MAJOR:MINOR (decimal), field 5 the mount
-/// point (octal escapes), field 6 the per-mount options.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let (maj, min) = f.get(2)?.split_once(':')?;
-            let device = DevNum {
-                major: maj.parse().ok()?,
-                minor: min.parse().ok()?,
-            };
-            let point = unescape(f.get(4)?);
-            let writable = f.get(5)?.split(',').any(|o| o == "rw");
-            Some(Mount {
-                device,
-                point,
-                writable,
-            })
-        })
-        .collect()
-}
-
-pub(crate) fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&here) = b.get(i) {
-        let oct = b.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (here, oct) {
-            (b'\\', Some(c)) => {
-                out.push(c);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// dom0's mounts, from /proc/self/mountinfo.
-pub fn mounts() -> Result<Vec<Mount>> {
-    let text =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text))
-}
-
 /// Every other backend of this type whose `physical-device` is one of
 /// `devices`, found in three pipelined round trips (domains, their devices,
 /// every `physical-device`) plus one for the matches' modes.
@@ -157,26 +96,6 @@ fn join(dir: &str, name: &str, tail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo() {
-        let t = "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n\
-                 30 22 7:3 / /mnt/with\\040space ro,nosuid - ext4 /dev/loop3 ro\n\
-                 31 22 0:5 / /dev rw - devtmpfs udev rw\n\
-                 garbage\n";
-        let m = parse_mountinfo(t);
-        assert_eq!(m.len(), 3);
-        assert_eq!(
-            m[0].device,
-            DevNum {
-                major: 254,
-                minor: 1
-            }
-        );
-        assert!(m[0].writable);
-        assert_eq!(m[1].point, "/mnt/with space");
-        assert!(!m[1].writable);
-    }
 
     #[test]
     fn the_scan_finds_every_user_and_lists_only_domains() {
