@@ -10,9 +10,10 @@
 //! probe answers *whether* dom0 holds a device (one syscall, and when it
 //! succeeds nothing else is read); /proc/swaps, mountinfo and sysfs
 //! `holders` (of the device and of each partition) say *who*, for the
-//! sentence. `gather` collects those facts, `decide` (pure, table-tested)
-//! turns them into the user that forbids the request; add and `diagnose`
-//! both go through them.
+//! sentence. This module gathers those facts (`gather`, `Sources`, and
+//! dom0's mounts from mountinfo); the rule that judges them is
+//! `sharing::dom0::decide`, part of `sharing::judge`, which add and
+//! `diagnose` both go through. It imports nothing of `sharing`.
 //!
 //! A read-only request is not probed: a dom0 read-only mount still claims
 //! the device, and sharing it with a read-only guest keeps working as the
@@ -25,12 +26,12 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode as Perm;
 
 use crate::devnum::DevNum;
-use crate::sharing::{self, Mount, User};
 
 /// What the O_EXCL probe found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,7 +137,7 @@ pub struct Facts {
 impl Facts {
     /// The partition name of `d`, None when `d` is the device itself;
     /// Err when `d` is neither.
-    fn part_of(&self, d: DevNum) -> Result<Option<&str>, ()> {
+    pub(crate) fn part_of(&self, d: DevNum) -> Result<Option<&str>, ()> {
         if d == self.device {
             return Ok(None);
         }
@@ -146,55 +147,6 @@ impl Facts {
             .map(|(_, n)| Some(n.as_str()))
             .ok_or(())
     }
-}
-
-/// The dom0 user that forbids a request (`want_write` or read-only) on
-/// the device, if any: a mount (a read-write one for a reader), swap, a
-/// layer (a writable one for a reader), or, for a writer, an exclusive
-/// holder nobody can see.
-pub fn decide(want_write: bool, f: &Facts) -> Option<User> {
-    for m in &f.mounts {
-        let Ok(partition) = f.part_of(m.device) else {
-            continue;
-        };
-        if want_write || m.writable {
-            return Some(User::Mount {
-                device: f.device,
-                point: m.point.clone(),
-                writable: m.writable,
-                partition: partition.map(str::to_string),
-            });
-        }
-    }
-    // Swap is refused for readers too: dom0 writes it under them, and what
-    // they would read is dom0's memory.
-    for (d, name) in &f.swaps {
-        if let Ok(partition) = f.part_of(*d) {
-            return Some(User::Holder {
-                device: f.device,
-                holder: Holder::Swap { name: name.clone() },
-                partition: partition.map(str::to_string),
-            });
-        }
-    }
-    for l in &f.layers {
-        if want_write || l.writable {
-            return Some(User::Holder {
-                device: f.device,
-                holder: Holder::Layer {
-                    name: l.name.clone(),
-                    label: l.label.clone(),
-                    writable: l.writable,
-                },
-                partition: l.partition.clone(),
-            });
-        }
-    }
-    (want_write && f.probe == Probe::Busy).then_some(User::Holder {
-        device: f.device,
-        holder: Holder::Unseen,
-        partition: None,
-    })
 }
 
 /// open(O_RDONLY|O_EXCL) of a block device node, closed at once.
@@ -234,7 +186,7 @@ pub fn parse_swaps(text: &str) -> Vec<String> {
     text.lines()
         .skip(1)
         .filter_map(|l| l.split_whitespace().next())
-        .map(sharing::unescape)
+        .map(unescape)
         .collect()
 }
 
@@ -249,7 +201,7 @@ impl Sources {
     /// Reads mountinfo and /proc/swaps; a swap area that is a file (not a
     /// device) is on a mounted filesystem, which the mounts cover.
     pub fn read() -> anyhow::Result<Sources> {
-        let mounts = sharing::mounts()?;
+        let mounts = mounts()?;
         let swaps = fs::read_to_string("/proc/swaps")
             .map(|t| parse_swaps(&t))
             .unwrap_or_default()
@@ -330,211 +282,70 @@ pub fn gather(d: DevNum, probe: Probe, sources: &Sources) -> Facts {
     }
 }
 
-/// The dom0 user of any of `devices` that forbids the request, probing
-/// each (for a writer) through the node `node_of` gives for it. A device
-/// a writer's probe finds free has no dom0 user at all, and nothing more
-/// is read for it.
-pub fn dom0_user(devices: &[(DevNum, PathBuf)], want_write: bool) -> anyhow::Result<Option<User>> {
-    let mut sources: Option<Sources> = None;
-    for (d, node) in devices {
-        let mut p = if want_write {
-            probe(node)
-        } else {
-            Probe::Skipped
-        };
-        if want_write && p != Probe::Busy {
-            continue;
-        }
-        let src = match &mut sources {
-            Some(s) => s,
-            None => sources.insert(Sources::read()?),
-        };
-        let mut facts = gather(*d, p, src);
-        // Something that holds it for a moment only (another tool's probe)
-        // is not a user: an unexplained EBUSY is asked again a few times.
-        for _ in 0..3 {
-            if decide(want_write, &facts) != Some(unseen(*d)) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            p = probe(node);
-            facts.probe = p;
-        }
-        if let Some(u) = decide(want_write, &facts) {
-            return Ok(Some(u));
-        }
-    }
-    Ok(None)
+/// One line of /proc/self/mountinfo that matters here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub device: DevNum,
+    pub point: String,
+    pub writable: bool,
 }
 
-fn unseen(d: DevNum) -> User {
-    User::Holder {
-        device: d,
-        holder: Holder::Unseen,
-        partition: None,
+/// Parses mountinfo: field 3 is MAJOR:MINOR (decimal), field 5 the mount
+/// point (octal escapes), field 6 the per-mount options.
+pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let (maj, min) = f.get(2)?.split_once(':')?;
+            let device = DevNum {
+                major: maj.parse().ok()?,
+                minor: min.parse().ok()?,
+            };
+            let point = unescape(f.get(4)?);
+            let writable = f.get(5)?.split(',').any(|o| o == "rw");
+            Some(Mount {
+                device,
+                point,
+                writable,
+            })
+        })
+        .collect()
+}
+
+pub fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&here) = b.get(i) {
+        let oct = b.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (here, oct) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
     }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// dom0's mounts, from /proc/self/mountinfo.
+pub fn mounts() -> anyhow::Result<Vec<Mount>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const DEV: DevNum = DevNum {
-        major: 8,
-        minor: 16,
-    };
-    const PART: DevNum = DevNum {
-        major: 8,
-        minor: 17,
-    };
-    const OTHER: DevNum = DevNum {
-        major: 8,
-        minor: 32,
-    };
-
-    fn facts() -> Facts {
-        Facts {
-            device: DEV,
-            probe: Probe::Skipped,
-            partitions: vec![(PART, "sdb1".into())],
-            mounts: Vec::new(),
-            swaps: Vec::new(),
-            layers: Vec::new(),
-        }
-    }
-
-    fn mount(d: DevNum, point: &str, writable: bool) -> Mount {
-        Mount {
-            device: d,
-            point: point.into(),
-            writable,
-        }
-    }
-
-    fn layer(name: &str, writable: bool, partition: Option<&str>) -> Layer {
-        Layer {
-            name: name.into(),
-            label: Some("vg-lv".into()),
-            writable,
-            partition: partition.map(str::to_string),
-        }
-    }
-
-    /// (case, facts, refused for a writer?, refused for a reader?, words
-    /// the writer's refusal says)
-    #[test]
-    fn who_holds_a_device_and_whom_it_refuses() {
-        let with = |f: &dyn Fn(&mut Facts)| {
-            let mut x = facts();
-            f(&mut x);
-            x
-        };
-        let table: Vec<(&str, Facts, bool, bool, &[&str])> = vec![
-            ("nothing", facts(), false, false, &[]),
-            (
-                "free probe",
-                with(&|f| f.probe = Probe::Free),
-                false,
-                false,
-                &[],
-            ),
-            (
-                "failed probe (no medium) is no holder",
-                with(&|f| f.probe = Probe::Failed(Errno::ENOMEDIUM)),
-                false,
-                false,
-                &[],
-            ),
-            (
-                "read-write mount",
-                with(&|f| f.mounts = vec![mount(DEV, "/srv", true)]),
-                true,
-                true,
-                &["mounted read-write on /srv"],
-            ),
-            (
-                "read-only mount: readers may share",
-                with(&|f| f.mounts = vec![mount(DEV, "/srv", false)]),
-                true,
-                false,
-                &["mounted read-only on /srv"],
-            ),
-            (
-                "a mounted partition",
-                with(&|f| f.mounts = vec![mount(PART, "/boot", true)]),
-                true,
-                true,
-                &["/boot", "partition sdb1"],
-            ),
-            (
-                "another device's mount",
-                with(&|f| f.mounts = vec![mount(OTHER, "/home", true)]),
-                false,
-                false,
-                &[],
-            ),
-            (
-                "swap: readers refused too",
-                with(&|f| f.swaps = vec![(DEV, "/dev/sdb".into())]),
-                true,
-                true,
-                &["swap", "/dev/sdb"],
-            ),
-            (
-                "swap on a partition",
-                with(&|f| f.swaps = vec![(PART, "/dev/sdb1".into())]),
-                true,
-                true,
-                &["swap", "partition sdb1"],
-            ),
-            (
-                "another device's swap",
-                with(&|f| f.swaps = vec![(OTHER, "/dev/sdc".into())]),
-                false,
-                false,
-                &[],
-            ),
-            (
-                "a writable LVM layer",
-                with(&|f| f.layers = vec![layer("dm-0", true, None)]),
-                true,
-                true,
-                &["dm-0 (vg-lv)", "device-mapper"],
-            ),
-            (
-                "a read-only layer: readers may share",
-                with(&|f| f.layers = vec![layer("dm-1", false, None)]),
-                true,
-                false,
-                &["dm-1"],
-            ),
-            (
-                "an md array on a partition",
-                with(&|f| f.layers = vec![layer("md0", true, Some("sdb1"))]),
-                true,
-                true,
-                &["md0", "md RAID", "partition sdb1"],
-            ),
-            (
-                "busy and nothing visible (another namespace)",
-                with(&|f| f.probe = Probe::Busy),
-                true,
-                false,
-                &["cannot be seen", "another mount namespace"],
-            ),
-        ];
-        for (case, f, w, r, words) in table {
-            let wu = decide(true, &f);
-            assert_eq!(wu.is_some(), w, "{case}: writer {wu:?}");
-            assert_eq!(decide(false, &f).is_some(), r, "{case}: reader");
-            if let Some(u) = wu {
-                let s = u.describe();
-                for x in words {
-                    assert!(s.contains(x), "{case}: {s:?} should say {x:?}");
-                }
-            }
-        }
-    }
 
     #[test]
     fn swaps() {
@@ -543,5 +354,25 @@ mod tests {
                  /swap\\040file                           file\t\t1024\t\t0\t\t-3\n";
         assert_eq!(parse_swaps(t), vec!["/dev/loop3", "/swap file"]);
         assert!(parse_swaps("Filename Type Size Used Priority\n").is_empty());
+    }
+
+    #[test]
+    fn mountinfo() {
+        let t = "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n\
+                 30 22 7:3 / /mnt/with\\040space ro,nosuid - ext4 /dev/loop3 ro\n\
+                 31 22 0:5 / /dev rw - devtmpfs udev rw\n\
+                 garbage\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m.len(), 3);
+        assert_eq!(
+            m[0].device,
+            DevNum {
+                major: 254,
+                minor: 1
+            }
+        );
+        assert!(m[0].writable);
+        assert_eq!(m[1].point, "/mnt/with space");
+        assert!(!m[1].writable);
     }
 }

@@ -3,43 +3,48 @@
 //!
 //! Gathering (this file) reads xenstore in a few pipelined round trips,
 //! looks at `params`, the loop devices, dom0's own use of the devices (the
-//! add's `holders` facts and decision: mounts, swap, dm/md layers, and an
-//! O_EXCL probe for writable disks), /proc/locks and the hotplug log; `verdict` turns the facts into one sentence and what to do;
-//! `render` prints them for a person (80 columns) or as JSON. Nothing is
-//! written, no lock is taken, no loop device is attached or detached.
+//! add's `holders` facts: mounts, swap, dm/md layers, and an O_EXCL probe
+//! for writable disks), /proc/locks (`lockinfo`) and the hotplug log
+//! (`log`); the conflicts are decided by the add's own rule,
+//! `sharing::judge`. `model` is the answer as data (the JSON shape);
+//! `verdict` turns the facts into one sentence and what to do; `render`
+//! prints them for a person (80 columns) or as JSON. Nothing is written,
+//! no lock is taken, no loop device is attached or detached.
 
+mod conflicts;
 pub mod lockinfo;
+mod log;
+pub mod model;
 pub mod render;
 pub mod verdict;
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 
 use crate::devnum::DevNum;
 use crate::exit_codes::ExitCode;
-use crate::holders::{self, Probe};
+use crate::holders;
 use crate::invocation::{Action, Invocation, Vars};
 use crate::kind::{self, Target};
 use crate::loopdev;
 use crate::mode::Mode;
 use crate::records::{self, Decision};
-use crate::sharing::{self, DomVm, User};
+use crate::sharing::{self, User};
 use crate::store::{Request, Store};
 
 pub use lockinfo::LockFacts;
-pub use verdict::Verdict;
+pub use log::mentions;
+pub use model::{
+    state_name, Checks, Conflict, Device, Hotplug, LoopCheck, ParamsCheck, Problem, Report,
+    Toolstack, Verdict,
+};
 
 /// Where the vbd backends of dom0 live.
 const SCAN_ROOT: &str = "backend/vbd";
-/// How many log lines about a backend are shown.
-const LOG_LINES: usize = 3;
-/// How much of the end of the log is searched.
-const LOG_TAIL_BYTES: u64 = 4 << 20;
 
 /// What `diagnose` was asked about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,141 +86,6 @@ pub struct Options {
     pub log_file: PathBuf,
     /// Bound on the connect and on each answer of xenstored.
     pub store_timeout: std::time::Duration,
-}
-
-/// What the toolstack wrote.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Toolstack {
-    #[serde(rename = "type")]
-    pub ty: Option<String>,
-    pub params: Option<String>,
-    pub mode: Option<String>,
-    pub frontend_id: Option<String>,
-    pub frontend: Option<String>,
-    pub dev: Option<String>,
-    pub state: Option<String>,
-    pub state_name: Option<&'static str>,
-    pub frontend_state: Option<String>,
-    pub frontend_state_name: Option<&'static str>,
-}
-
-/// What the hotplug script wrote.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Hotplug {
-    pub status: Option<String>,
-    pub error: Option<String>,
-    pub physical_device: Option<String>,
-    pub physical_device_path: Option<String>,
-    pub node: Option<String>,
-    pub diskseq: Option<String>,
-}
-
-/// What `params` is, now.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct ParamsCheck {
-    pub ok: bool,
-    /// file, phy, empty, helper, or invalid.
-    pub kind: &'static str,
-    /// The path `params` resolves to.
-    pub path: Option<String>,
-    /// What is wrong with it, as a phrase following the path or alone.
-    pub problem: Option<String>,
-    /// The block device's number (phy).
-    pub device: Option<String>,
-}
-
-/// The loop device `node` names (file backends).
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct LoopCheck {
-    pub device: String,
-    /// Bound to a file at all.
-    pub bound: bool,
-    /// Its number as `physical-device` spells it.
-    pub device_number: Option<String>,
-    pub backing_file: Option<String>,
-    /// Backed by the image `params` names (device + inode); None when the
-    /// image cannot be examined.
-    pub backs_image: Option<bool>,
-    /// Why it no longer serves this backend, if it does not.
-    pub not_ours: Option<String>,
-    pub read_only: Option<bool>,
-    pub read_only_expected: bool,
-    /// The device's diskseq now, in hex.
-    pub diskseq: Option<String>,
-}
-
-/// Someone else using the same device in a conflicting mode.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Conflict {
-    /// guest, mount, or holder (dom0's swap, a dm/md layer, or an
-    /// exclusive holder that cannot be seen).
-    pub user: &'static str,
-    pub domid: Option<u32>,
-    pub backend: Option<String>,
-    pub mount_point: Option<String>,
-    /// For a holder: `swap`, the layer's name (dm-0, md0), or `unseen`.
-    pub holder: Option<String>,
-    pub writable: bool,
-    /// "used read-write by domain 7 (backend/vbd/7/51712)".
-    pub description: String,
-}
-
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Checks {
-    pub params: Option<ParamsCheck>,
-    #[serde(rename = "loop")]
-    pub loop_device: Option<LoopCheck>,
-    /// `physical-device` equals the device actually prepared (the loop
-    /// device for file, params' device for phy); None when not applicable.
-    pub physical_device_matches: Option<bool>,
-    pub conflicts: Vec<Conflict>,
-}
-
-/// Everything known about one backend.
-#[derive(Clone, Debug, Serialize)]
-pub struct Device {
-    /// Relative to its domain's home, e.g. backend/vbd/5/51728.
-    pub backend: String,
-    pub domid: u32,
-    pub devid: u32,
-    /// False when the store has no such backend.
-    pub exists: bool,
-    pub toolstack: Toolstack,
-    pub hotplug: Hotplug,
-    pub checks: Checks,
-    /// The last lines of the hotplug log about this backend.
-    pub log: Vec<String>,
-    pub verdict: Verdict,
-    #[serde(skip)]
-    pub inv: Invocation,
-}
-
-/// The answer of one diagnose run.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    /// backend, domain or host.
-    pub scope: &'static str,
-    pub healthy: bool,
-    /// Where xenstored was reached (socket path or xenbus device).
-    pub store: String,
-    pub lock: LockFacts,
-    pub devices: Vec<Device>,
-}
-
-/// xenbus state names (xen/include/public/io/xenbus.h).
-pub fn state_name(s: &str) -> Option<&'static str> {
-    Some(match s.trim() {
-        "0" => "Unknown",
-        "1" => "Initialising",
-        "2" => "InitWait",
-        "3" => "Initialised",
-        "4" => "Connected",
-        "5" => "Closing",
-        "6" => "Closed",
-        "7" => "Reconfiguring",
-        "8" => "Reconfigured",
-        _ => return None,
-    })
 }
 
 /// Every node of the backend directory (backend.rs's one table).
@@ -308,7 +178,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         .collect();
 
     let lock = lockinfo::examine(&opts.lock_file);
-    let log_tail = read_log_tail(&opts.log_file);
+    let log_tail = log::read_log_tail(&opts.log_file);
     let sources = holders::Sources::read().unwrap_or_default();
     // Scanned once, at the first file disk: a scan per disk made a whole
     // host's diagnose quadratic in its disks.
@@ -348,7 +218,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         } else {
             (Checks::default(), Vec::new())
         };
-        let log = log_lines(&log_tail, &inv);
+        let log = log::log_lines(&log_tail, &inv);
         devices.push(Device {
             backend: inv.key.clone(),
             domid: inv.domid,
@@ -379,7 +249,7 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
             User::Guest { domid, .. } => Some(*domid),
             _ => None,
         })
-        .chain(devices.iter().map(frontend_domid))
+        .chain(devices.iter().map(Device::frontend_domid))
         .collect();
     doms.sort_unstable();
     doms.dedup();
@@ -389,7 +259,8 @@ pub fn run(store: &Store, scope: &Scope, opts: &Options) -> Result<Report> {
         sharing::read_vms(store, &doms)?
     };
     for (d, devs) in devices.iter_mut().zip(&wanted) {
-        d.checks.conflicts = conflicts(d, devs, &users, &sources, &vms);
+        let dom0 = conflicts::dom0_facts(devs, d.toolstack.mode(), &sources);
+        d.checks.conflicts = conflicts::conflicts(d, devs, &dom0, &users, &vms);
         d.verdict = verdict::judge(d, &lock);
     }
     Ok(Report {
@@ -413,18 +284,6 @@ fn plausible_path(p: &str) -> bool {
         && p.len() < 256
         && p.bytes()
             .all(|c| c.is_ascii_alphanumeric() || b"/-_@".contains(&c))
-}
-
-fn frontend_domid(d: &Device) -> u32 {
-    d.toolstack
-        .frontend_id
-        .as_deref()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(d.domid)
-}
-
-fn mode_of(t: &Toolstack) -> Mode {
-    Mode::parse(t.mode.as_deref().unwrap_or(""))
 }
 
 /// The bound loop devices by backing file (dev, inode), from one scan of
@@ -468,7 +327,7 @@ fn check(
     raw: &[u8],
     loops: &OnceCell<LoopIndex>,
 ) -> (Checks, Vec<DevNum>) {
-    let mode = mode_of(t);
+    let mode = t.mode();
     let ty = t.ty.as_deref().unwrap_or("");
     let params = t.params.as_deref().unwrap_or("");
     let mut c = Checks::default();
@@ -511,7 +370,7 @@ fn check(
         }
         Ok(Target::File { path, stat, .. }) => {
             image = Some((stat.st_dev, stat.st_ino));
-            let ro = mode.writable() && stat.st_mode & 0o222 == 0;
+            let ro = kind::read_only_image(mode, stat.st_mode);
             ParamsCheck {
                 ok: !ro,
                 kind: "file",
@@ -606,139 +465,6 @@ fn check_loop(
     lc
 }
 
-fn conflicts(
-    d: &Device,
-    devs: &[DevNum],
-    users: &[User],
-    sources: &holders::Sources,
-    vms: &HashMap<u32, DomVm>,
-) -> Vec<Conflict> {
-    let mode = mode_of(&d.toolstack);
-    if mode == Mode::Unchecked || devs.is_empty() {
-        return Vec::new();
-    }
-    let want_write = mode.writable();
-    let none = DomVm::default();
-    let me = vms.get(&frontend_domid(d)).unwrap_or(&none);
-    let mut out = Vec::new();
-    // dom0's own use, judged as the add judges it.
-    for dev in devs {
-        let probe = match holders::node_of(*dev) {
-            Some(node) if want_write => holders::probe(&node),
-            _ => Probe::Skipped,
-        };
-        let facts = holders::gather(*dev, probe, sources);
-        let Some(u) = holders::decide(want_write, &facts) else {
-            continue;
-        };
-        let description = u.describe();
-        out.push(match u {
-            User::Mount {
-                point, writable, ..
-            } => Conflict {
-                user: "mount",
-                domid: None,
-                backend: None,
-                mount_point: Some(point),
-                holder: None,
-                writable,
-                description,
-            },
-            User::Holder { holder, .. } => Conflict {
-                user: "holder",
-                domid: None,
-                backend: None,
-                mount_point: None,
-                writable: !matches!(
-                    holder,
-                    holders::Holder::Layer {
-                        writable: false,
-                        ..
-                    }
-                ),
-                holder: Some(holder.name()),
-                description,
-            },
-            User::Guest { .. } => continue,
-        });
-    }
-    for u in users {
-        let User::Guest {
-            device,
-            domid,
-            backend,
-            writable,
-            ..
-        } = u
-        else {
-            continue;
-        };
-        if *backend == d.inv.backend || !devs.contains(device) {
-            continue;
-        }
-        let other = vms.get(domid).unwrap_or(&none);
-        if !(want_write || *writable) || sharing::same_vm(me, other) {
-            continue;
-        }
-        out.push(Conflict {
-            user: "guest",
-            domid: Some(*domid),
-            backend: Some(backend.clone()),
-            mount_point: None,
-            holder: None,
-            writable: *writable,
-            description: u
-                .clone()
-                .noted(sharing::untrusted_note(me, other))
-                .describe(),
-        });
-    }
-    out
-}
-
-/// The end of the hotplug log (it may be large); empty when unreadable.
-fn read_log_tail(path: &Path) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(LOG_TAIL_BYTES);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.take(LOG_TAIL_BYTES).read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    // A cut first line is dropped.
-    match (start > 0, text.split_once('\n')) {
-        (true, Some((_, rest))) => rest.to_string(),
-        _ => text,
-    }
-}
-
-/// Whether a log line is about backend `key`: ours are prefixed with the
-/// key ("backend/vbd/5/51728: ..."), the stock script's carry
-/// XENBUS_PATH=... (relative or absolute); a longer device id must not match.
-pub fn mentions(line: &str, key: &str) -> bool {
-    line.match_indices(key).any(|(i, _)| {
-        let before = line[..i].chars().next_back();
-        let after = line[i + key.len()..].chars().next();
-        matches!(before, None | Some('/' | '=' | ' ' | '"' | '\''))
-            && !matches!(after, Some(c) if c.is_ascii_digit() || c == '/')
-    })
-}
-
-fn log_lines(tail: &str, inv: &Invocation) -> Vec<String> {
-    let mut v: Vec<String> = tail
-        .lines()
-        .filter(|l| mentions(l, &inv.key))
-        .map(str::to_string)
-        .collect();
-    let cut = v.len().saturating_sub(LOG_LINES);
-    v.drain(..cut);
-    v
-}
-
 /// The `diagnose` command: prints the report, returns the exit status (0
 /// when every device examined is healthy).
 pub fn main(scope: &Scope, opts: &Options, as_json: bool) -> ExitCode {
@@ -816,30 +542,5 @@ mod tests {
         assert!(Scope::parse(Some("backend/vbd/x")).is_err());
         assert!(Scope::parse(Some("99999999")).is_err());
         assert!(Scope::parse(Some("backend/vif/5/0")).is_err());
-    }
-
-    #[test]
-    fn log_lines_match_the_backend_only() {
-        let k = "backend/vbd/5/51728";
-        assert!(mentions(
-            "xen-block-hotplug[9]: error: backend/vbd/5/51728: /x does not exist",
-            k
-        ));
-        assert!(mentions(
-            "+ XENBUS_PATH=/local/domain/0/backend/vbd/5/51728 block add",
-            k
-        ));
-        assert!(mentions("XENBUS_PATH=backend/vbd/5/51728", k));
-        assert!(!mentions("backend/vbd/5/517280: x", k));
-        assert!(!mentions("backend/vbd/15/51728: x", k));
-        assert!(!mentions("backend/vbd/5/51728/state", k));
-    }
-
-    #[test]
-    fn state_names() {
-        assert_eq!(state_name("2"), Some("InitWait"));
-        assert_eq!(state_name("4"), Some("Connected"));
-        assert_eq!(state_name("6"), Some("Closed"));
-        assert_eq!(state_name("x"), None);
     }
 }

@@ -6,7 +6,8 @@
 
 use std::fmt::Write as _;
 
-use super::{Device, LockFacts, Report};
+use super::lockinfo::LockFacts;
+use super::model::{Device, Report};
 use crate::escape::escape;
 
 const WIDTH: usize = 80;

@@ -2,49 +2,8 @@
 //! wrong) and what to do about it. The first rule that applies wins; they
 //! are ordered from what the toolstack sees first to what lies deeper.
 
-use serde::Serialize;
-
-use super::{Device, LockFacts};
-use crate::mode::Mode;
-
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Verdict {
-    pub healthy: bool,
-    /// A stable name for the rule that applied (see README).
-    pub problem: &'static str,
-    /// What is wrong, for a person: "image /disk/a.img does not exist".
-    pub sentence: String,
-    /// What to do about it; None when healthy.
-    pub action: Option<String>,
-}
-
-impl Verdict {
-    fn bad(problem: &'static str, sentence: String, action: impl Into<String>) -> Verdict {
-        Verdict {
-            healthy: false,
-            problem,
-            sentence,
-            action: Some(action.into()),
-        }
-    }
-
-    fn healthy() -> Verdict {
-        Verdict {
-            healthy: true,
-            problem: "healthy",
-            sentence: "healthy".into(),
-            action: None,
-        }
-    }
-
-    /// The verdict as one sentence: "what is wrong: what to do".
-    pub fn line(&self) -> String {
-        match &self.action {
-            Some(a) => format!("{}: {a}", self.sentence),
-            None => self.sentence.clone(),
-        }
-    }
-}
+use super::lockinfo::LockFacts;
+use super::model::{Device, Problem, Verdict};
 
 /// "detach and re-attach the disk (xl block-detach 5 51728, then xl block-attach 5 ...)".
 fn reattach(d: &Device) -> String {
@@ -100,10 +59,6 @@ fn params_problem(d: &Device) -> Option<(String, String)> {
     })
 }
 
-fn mode_of(d: &Device) -> Mode {
-    Mode::parse(d.toolstack.mode.as_deref().unwrap_or(""))
-}
-
 fn state_text(d: &Device) -> String {
     match (&d.toolstack.state, d.toolstack.state_name) {
         (Some(s), Some(n)) => format!("state {s} {n}"),
@@ -145,23 +100,23 @@ fn conflict_verdict(d: &Device, already: bool) -> Option<Verdict> {
     let shared = "or, if sharing is meant, give every user mode r (or w! at your own risk)";
     Some(if already {
         Verdict::bad(
-            "conflict",
+            Problem::Conflict,
             format!(
                 "{} is attached {} to domain {fe} but is also {}",
                 what(d),
-                mode_of(d).describe(),
+                d.toolstack.mode().describe(),
                 c.description
             ),
             format!("{whom}, {shared}"),
         )
     } else {
         Verdict::bad(
-            "busy",
+            Problem::Busy,
             format!(
                 "{} is {}, so it cannot also be attached {} to domain {fe}",
                 what(d),
                 c.description,
-                mode_of(d).describe()
+                d.toolstack.mode().describe()
             ),
             format!("{whom}, then attach the disk again; {shared}"),
         )
@@ -172,7 +127,7 @@ fn conflict_verdict(d: &Device, already: bool) -> Option<Verdict> {
 pub fn judge(d: &Device, lock: &LockFacts) -> Verdict {
     if !d.exists {
         return Verdict::bad(
-            "no-backend",
+            Problem::NoBackend,
             format!("backend {} does not exist in xenstore", d.backend),
             "check the path; `xl block-list DOMID` lists a domain's disks",
         );
@@ -183,7 +138,7 @@ pub fn judge(d: &Device, lock: &LockFacts) -> Verdict {
         Some("error" | "busy") => failed(d, params_problem),
         Some("connected") => connected(d, params_problem),
         Some(other) => Verdict::bad(
-            "unknown-status",
+            Problem::UnknownStatus,
             format!("hotplug-status is {other:?}, which no hotplug script writes"),
             reattach(d),
         ),
@@ -198,7 +153,7 @@ fn pending(d: &Device, lock: &LockFacts, params: Option<(String, String)>) -> Ve
         .unwrap_or_default();
     if matches!(state, Some("5" | "6")) {
         return Verdict::bad(
-            "closing",
+            Problem::Closing,
             format!(
                 "the backend is being closed ({}) and the hotplug script never reported",
                 state_text(d)
@@ -241,7 +196,7 @@ fn pending(d: &Device, lock: &LockFacts, params: Option<(String, String)>) -> Ve
                 )
             };
             return Verdict::bad(
-                "waiting-for-lock",
+                Problem::WaitingForLock,
                 format!(
                     "the hotplug script has not finished: the hotplug lock {} has been held{since}{queue}; \
                      pid {}, which took it, has exited, and {who_now} inherited it",
@@ -251,7 +206,7 @@ fn pending(d: &Device, lock: &LockFacts, params: Option<(String, String)>) -> Ve
             );
         }
         return Verdict::bad(
-            "waiting-for-lock",
+            Problem::WaitingForLock,
             format!(
                 "the hotplug script has not finished: the hotplug lock {} is held by {who}{since}{queue}",
                 lock.path
@@ -264,7 +219,7 @@ fn pending(d: &Device, lock: &LockFacts, params: Option<(String, String)>) -> Ve
     }
     if matches!(state, None | Some("0" | "1")) {
         return Verdict::bad(
-            "backend-not-ready",
+            Problem::BackendNotReady,
             format!(
                 "blkback has not taken up the backend ({}), so no hotplug event was sent",
                 state_text(d)
@@ -273,7 +228,7 @@ fn pending(d: &Device, lock: &LockFacts, params: Option<(String, String)>) -> Ve
         );
     }
     Verdict::bad(
-        "never-ran",
+        Problem::NeverRan,
         "the hotplug script never ran (no hotplug-status)".into(),
         format!(
             "check the udev rule (xen-backend.rules) or libxl's run_hotplug_scripts, \
@@ -287,7 +242,7 @@ fn failed(d: &Device, params: Option<(String, String)>) -> Verdict {
         return v;
     }
     if let Some((s, a)) = params {
-        return Verdict::bad("params", s, a);
+        return Verdict::bad(Problem::Params, s, a);
     }
     let err = d
         .hotplug
@@ -296,13 +251,13 @@ fn failed(d: &Device, params: Option<(String, String)>) -> Verdict {
         .unwrap_or_else(|| "it wrote no hotplug-error".into());
     if d.hotplug.status.as_deref() == Some("busy") {
         return Verdict::bad(
-            "busy",
+            Problem::Busy,
             format!("the hotplug script refused the disk: {err}"),
             "whatever used the disk then has gone now; attach the disk again",
         );
     }
     Verdict::bad(
-        "script-failed",
+        Problem::ScriptFailed,
         format!("the hotplug script failed: {err}"),
         "act on that message (the log lines below say more), then attach the disk again",
     )
@@ -319,7 +274,7 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
             None => (String::new(), reattach(d)),
         };
         return Verdict::bad(
-            "no-physical-device",
+            Problem::NoPhysicalDevice,
             format!(
                 "hotplug-status says connected but no physical-device was written, \
                  so the guest gets no disk{why}"
@@ -334,7 +289,7 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
                 .clone()
                 .unwrap_or_else(|| "it is not attached".into());
             return Verdict::bad(
-                "loop-detached",
+                Problem::LoopDetached,
                 format!(
                     "loop device {} no longer backs the {}: {why} (detached behind the toolstack's back)",
                     l.device,
@@ -345,7 +300,7 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
         }
         if let Some(why) = &l.not_ours {
             return Verdict::bad(
-                "loop-reused",
+                Problem::LoopReused,
                 format!(
                     "loop device {} no longer backs the {}: {why}",
                     l.device,
@@ -368,7 +323,7 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
             .or_else(|| d.checks.params.as_ref().and_then(|p| p.device.clone()))
             .unwrap_or_default();
         return Verdict::bad(
-            "physical-device-mismatch",
+            Problem::PhysicalDeviceMismatch,
             format!(
                 "physical-device {pd} is not the device prepared for the {} ({actual})",
                 what(d)
@@ -381,7 +336,7 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
             if ro != l.read_only_expected {
                 let rw = |r: bool| if r { "read-only" } else { "read-write" };
                 return Verdict::bad(
-                    "read-only-mismatch",
+                    Problem::ReadOnlyMismatch,
                     format!(
                         "loop device {} is {} but the disk's mode {:?} is {}",
                         l.device,
@@ -396,7 +351,7 @@ fn connected(d: &Device, params: Option<(String, String)>) -> Verdict {
     }
     if let Some((s, _)) = params {
         return Verdict::bad(
-            "image-gone",
+            Problem::ImageGone,
             format!("{s}, although the disk is connected"),
             "put the image back at that path before the guest is restarted, or fix the disk line of the domain's config",
         );
@@ -430,7 +385,7 @@ fn frontend(d: &Device) -> Option<Verdict> {
     let dom = frontend_domid(d);
     match fe {
         "5" | "6" if !closing => Some(Verdict::bad(
-            "frontend-closed",
+            Problem::FrontendClosed,
             format!(
                 "the guest has closed the disk ({}) while the backend is still set up ({}): \
                  the guest unplugged it or shut its block driver down",
@@ -444,7 +399,7 @@ fn frontend(d: &Device) -> Option<Verdict> {
             ),
         )),
         "4" if closing => Some(Verdict::bad(
-            "guest-still-connected",
+            Problem::GuestStillConnected,
             format!(
                 "the disk is being detached ({}) but the guest still has it connected ({}): \
                  the guest has not released it",
@@ -458,7 +413,7 @@ fn frontend(d: &Device) -> Option<Verdict> {
             ),
         )),
         "3" | "4" if be != Some("4") => Some(Verdict::bad(
-            "frontend-connected-alone",
+            Problem::FrontendConnectedAlone,
             format!(
                 "the guest is ready to use the disk ({}) but blkback has not connected ({})",
                 fe_state_text(d),
@@ -471,7 +426,7 @@ fn frontend(d: &Device) -> Option<Verdict> {
             ),
         )),
         "0" | "1" if !closing => Some(Verdict::bad(
-            "frontend-not-initialised",
+            Problem::FrontendNotInitialised,
             format!(
                 "the disk is ready in dom0 but the guest has not taken it up ({}): \
                  its block driver (xen-blkfront) has not started",
@@ -499,7 +454,8 @@ fn frontend_domid(d: &Device) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnose::{backend_inv, state_name, Checks, Hotplug, ParamsCheck, Toolstack};
+    use crate::diagnose::backend_inv;
+    use crate::diagnose::model::{state_name, Checks, Hotplug, ParamsCheck, Toolstack};
 
     fn connected_phy(be: &str, fe: Option<&str>) -> Device {
         Device {

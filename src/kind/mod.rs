@@ -154,6 +154,13 @@ pub fn on_nodev(fd: &OwnedFd) -> bool {
 
 /// Decides the kind of a backend. `ty` is the `type` node, `params` the
 /// `params` node (bytes: a path need not be UTF-8), `mode` the canonical mode.
+/// Whether an image with permission bits `perm` (st_mode) may not be
+/// attached in `mode`: a writable disk on an image nobody may write. The
+/// add refuses it (busy); diagnose names it as params' problem.
+pub fn read_only_image(mode: Mode, perm: u32) -> bool {
+    mode.writable() && perm & 0o222 == 0
+}
+
 pub fn classify(ty: &str, params: &[u8], mode: Mode, script_dir: &Path) -> Result<Target> {
     if !matches!(ty, "" | "phy" | "file") {
         if !is_helper_name(ty) {
@@ -225,7 +232,7 @@ pub fn classify(ty: &str, params: &[u8], mode: Mode, script_dir: &Path) -> Resul
             real.display()
         );
     }
-    if mode.writable() && st.st_mode & 0o222 == 0 {
+    if read_only_image(mode, st.st_mode) {
         return Err(Busy(format!(
             "File {} is read-only, and so it will not be attached read-write to a guest domain",
             real.display()
@@ -267,6 +274,24 @@ pub fn classify(ty: &str, params: &[u8], mode: Mode, script_dir: &Path) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_writable_disk_on_an_image_nobody_may_write_is_refused() {
+        // (mode, permission bits, refused)
+        let table = [
+            (Mode::ReadWrite, 0o100444, true),
+            (Mode::ReadWrite, 0o100000, true),
+            (Mode::ReadWrite, 0o100644, false),
+            (Mode::ReadWrite, 0o100604, false),
+            (Mode::ReadWrite, 0o100460, false),
+            (Mode::ReadOnly, 0o100444, false),
+            (Mode::Unchecked, 0o100444, true),
+            (Mode::Unchecked, 0o100644, false),
+        ];
+        for (mode, perm, refused) in table {
+            assert_eq!(read_only_image(mode, perm), refused, "{mode:?} {perm:o}");
+        }
+    }
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("xbh-kind-{name}-{}", std::process::id()));
