@@ -1183,6 +1183,7 @@ mod tests {
         let guard = DetachOnDrop(number);
         let device = File::open(dev_path(number)).unwrap();
         let mut info = loop_info64::ZERO;
+        // SAFETY: `info` is a loop_info64, which the ioctl fills.
         unsafe { loop_get_status64(device.as_raw_fd(), &mut info) }.unwrap();
         drop(device);
         // As a process killed between binding and recording leaves it.
@@ -1214,6 +1215,7 @@ mod tests {
         let (path, image) = dir.image("disk.img", true);
         let dev = attach(&image, &path, false, "mine").unwrap();
         let mut info = loop_info64::ZERO;
+        // SAFETY: `info` is a loop_info64, which the ioctl fills.
         unsafe { loop_get_status64(dev.device.as_raw_fd(), &mut info) }.unwrap();
         // As if left by an earlier binding of this device number, under
         // this binding's name.
@@ -1414,6 +1416,7 @@ mod tests {
         // Another process may bind the free device before we look; one of a few tries must see it free.
         let control = File::open("/dev/loop-control").unwrap();
         let seen_free = (0..10).any(|_| {
+            // SAFETY: LOOP_CTL_GET_FREE takes no argument.
             let n = unsafe { loop_ctl_get_free(control.as_raw_fd()) }.unwrap() as u32;
             status(n).unwrap().is_none()
         });
