@@ -27,4 +27,7 @@ pub mod records;
 pub mod selftest;
 pub mod sharing;
 pub mod sim;
-pub mod store;
+
+/// The xenstore client and wire codec, a crate of their own
+/// (crates/xenstore) that the simulator shares.
+pub use xbh_xenstore as store;
