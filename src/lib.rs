@@ -26,8 +26,11 @@ pub mod outcome;
 pub mod records;
 pub mod selftest;
 pub mod sharing;
-pub mod sim;
 
 /// The xenstore client and wire codec, a crate of their own
 /// (crates/xenstore) that the simulator shares.
 pub use xbh_xenstore as store;
+
+/// The in-memory xenstored and its fault hooks, a crate of their own
+/// (crates/xenstore-sim) that is not installed with the product.
+pub use xbh_xenstore_sim as sim;
