@@ -12,7 +12,8 @@
 //!
 //! Rebuilds stay cheap: cargo reruns this script only when HEAD moves (its
 //! file, the branch ref it names, packed-refs), when the index changes, or
-//! when the crate's own sources change, which rebuild the crate anyway.
+//! when the sources of the crate or of its workspace crates (crates/)
+//! change, which rebuild it anyway.
 //! Without any `rerun-if-changed` cargo would rerun it, and so recompile the
 //! crate, for a change to any file of the package.
 
@@ -91,7 +92,7 @@ fn crt_static() -> bool {
 
 fn main() {
     let dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into()));
-    for own in ["build.rs", "Cargo.toml", "Cargo.lock", "src"] {
+    for own in ["build.rs", "Cargo.toml", "Cargo.lock", "src", "crates"] {
         println!("cargo:rerun-if-changed={own}");
     }
     let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();

@@ -28,6 +28,8 @@
 //! the bench's own pages from before exec) and the binary's size. Every loop
 //! device is detached by the test bed's guard, even on a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

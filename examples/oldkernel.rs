@@ -291,9 +291,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let program = &opts.program;
-    let e = Command::new(&program[0]).args(&program[1..]).exec();
-    eprintln!("oldkernel: running {}: {e}", program[0]);
+    // parse() refuses an empty PROGRAM.
+    let Some((program, args)) = opts.program.split_first() else {
+        eprintln!("oldkernel: no PROGRAM after --");
+        return ExitCode::from(2);
+    };
+    let e = Command::new(program).args(args).exec();
+    eprintln!("oldkernel: running {program}: {e}");
     ExitCode::from(127)
 }
 
@@ -445,6 +449,7 @@ mod tests {
             0 => {
                 for p in &progs {
                     if seccompiler::apply_filter(p).is_err() {
+                        // SAFETY: _exit ends the child at once, as after fork.
                         unsafe { libc::_exit(255) };
                     }
                 }
@@ -456,11 +461,13 @@ mod tests {
                 } else {
                     0
                 };
+                // SAFETY: _exit ends the child at once, as after fork.
                 unsafe { libc::_exit(e) }
             }
             pid => {
                 assert!(pid > 0, "fork failed");
                 let mut status = 0;
+                // SAFETY: `status` is an int the call fills.
                 assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
                 assert!(libc::WIFEXITED(status), "child status {status:#x}");
                 libc::WEXITSTATUS(status)
@@ -475,14 +482,17 @@ mod tests {
         match unsafe { libc::fork() } {
             0 => {
                 if seccompiler::apply_filter(&die).is_err() {
+                    // SAFETY: _exit ends the child at once, as after fork.
                     unsafe { libc::_exit(255) };
                 }
                 ioctl_on_dev_null(0x4C04);
+                // SAFETY: _exit ends the child at once, as after fork.
                 unsafe { libc::_exit(0) }
             }
             pid => {
                 assert!(pid > 0, "fork failed");
                 let mut status = 0;
+                // SAFETY: `status` is an int the call fills.
                 assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
                 assert!(libc::WIFSIGNALED(status), "child status {status:#x}");
                 assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
@@ -492,6 +502,8 @@ mod tests {
 
     fn statx_of_root() -> i64 {
         let mut buf = [0u8; 256];
+        // SAFETY: a NUL-terminated path and a buffer larger than struct
+        // statx (256 bytes) for the kernel to fill.
         unsafe {
             libc::syscall(
                 libc::SYS_statx,
@@ -505,8 +517,11 @@ mod tests {
     }
 
     fn ioctl_on_dev_null(cmd: u64) -> i64 {
+        // SAFETY: a NUL-terminated path.
         let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
         let mut out = [0u64; 64];
+        // SAFETY: a 512-byte buffer, larger than any argument these
+        // commands take, for the driver to fill.
         unsafe { libc::ioctl(fd, cmd, out.as_mut_ptr()).into() }
     }
 
@@ -515,6 +530,7 @@ mod tests {
         assert_eq!(errno_under((4, 1), statx_of_root), libc::ENOSYS);
         assert_eq!(errno_under((4, 11), statx_of_root), 0);
         assert_eq!(
+            // SAFETY: getpid takes no argument.
             errno_under((4, 1), || unsafe { libc::syscall(libc::SYS_getpid) }),
             0
         );

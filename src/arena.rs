@@ -150,6 +150,7 @@ mod tests {
         static A: Arena<4096> = Arena::new();
         let mut blocks = Vec::new();
         for (size, align) in [(1, 1), (24, 8), (3, 1), (64, 64), (5, 2), (100, 16)] {
+            // SAFETY: a non-zero layout.
             let p = unsafe { A.alloc(layout(size, align)) };
             assert_eq!(p as usize % align, 0, "{size} aligned to {align}");
             assert!(A.owns(p));
@@ -165,13 +166,18 @@ mod tests {
     fn freeing_the_latest_block_gives_it_back_and_an_earlier_one_does_not() {
         static A: Arena<4096> = Arena::new();
         let l = layout(32, 8);
+        // SAFETY: a non-zero layout.
         let a = unsafe { A.alloc(l) };
+        // SAFETY: a non-zero layout.
         let b = unsafe { A.alloc(l) };
         let top = A.used();
+        // SAFETY: `a` is a live block of this allocator with this layout.
         unsafe { A.dealloc(a, l) };
         assert_eq!(A.used(), top, "an earlier block stays used");
+        // SAFETY: `b` is a live block of this allocator with this layout.
         unsafe { A.dealloc(b, l) };
         assert_eq!(A.used(), top - 32);
+        // SAFETY: a non-zero layout.
         assert_eq!(unsafe { A.alloc(l) }, b, "its space is handed out again");
     }
 
@@ -179,15 +185,22 @@ mod tests {
     fn growing_the_latest_block_keeps_it_in_place_and_others_move_with_their_bytes() {
         static A: Arena<4096> = Arena::new();
         let l = layout(8, 8);
+        // SAFETY: a non-zero layout.
         let a = unsafe { A.alloc(l) };
+        // SAFETY: `a` is a live block of 8 bytes.
         unsafe { a.copy_from(b"abcdefgh".as_ptr(), 8) };
+        // SAFETY: `a` is a live block with layout `l`; 64 is non-zero.
         let grown = unsafe { A.realloc(a, l, 64) };
         assert_eq!(grown, a);
+        // SAFETY: a non-zero layout.
         let b = unsafe { A.alloc(l) };
+        // SAFETY: `grown` is a live block of 64 bytes; 128 is non-zero.
         let moved = unsafe { A.realloc(grown, layout(64, 8), 128) };
         assert_ne!(moved, grown);
+        // SAFETY: `moved` is a live block whose first 8 bytes were copied.
         assert_eq!(unsafe { std::slice::from_raw_parts(moved, 8) }, b"abcdefgh");
         assert!(moved as usize > b as usize);
+        // SAFETY: `moved` is a live block of 128 bytes; 16 is non-zero.
         let shrunk = unsafe { A.realloc(moved, layout(128, 8), 16) };
         assert_eq!(shrunk, moved);
         assert_eq!(A.used(), moved as usize - A.base() + 16);
@@ -197,19 +210,26 @@ mod tests {
     fn past_its_bound_the_system_allocator_serves() {
         static A: Arena<256> = Arena::new();
         let big = layout(1024, 8);
+        // SAFETY: a non-zero layout.
         let p = unsafe { A.alloc(big) };
         assert!(!p.is_null() && !A.owns(p));
+        // SAFETY: `p` is a live block of 1024 bytes.
         unsafe { p.write_bytes(7, 1024) };
         let small = layout(200, 8);
+        // SAFETY: a non-zero layout.
         let s = unsafe { A.alloc(small) };
         assert!(A.owns(s));
         // Growing past the bound moves the block to the system allocator.
+        // SAFETY: `s` is a live block of 200 bytes.
         unsafe { s.write_bytes(9, 200) };
+        // SAFETY: `s` is a live block with layout `small`; 512 is non-zero.
         let g = unsafe { A.realloc(s, small, 512) };
         assert!(!A.owns(g));
+        // SAFETY: `g` is a live block whose first 200 bytes were copied.
         assert!(unsafe { std::slice::from_raw_parts(g, 200) }
             .iter()
             .all(|b| *b == 9));
+        // SAFETY: both are live blocks of this allocator with these layouts.
         unsafe {
             A.dealloc(g, layout(512, 8));
             A.dealloc(p, big);
@@ -226,7 +246,9 @@ mod tests {
                         (0..100)
                             .map(|i| {
                                 let size = 1 + (t * 7 + i) % 40;
+                                // SAFETY: a non-zero layout.
                                 let p = unsafe { A.alloc(layout(size, 8)) };
+                                // SAFETY: `p` is a live block of `size` bytes.
                                 unsafe { p.write_bytes(t as u8, size) };
                                 (p as usize, size)
                             })

@@ -1,6 +1,8 @@
 //! `params` is bytes: an image name that is not UTF-8 opens exactly that
 //! file, never the file its lossy spelling (U+FFFD) names.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

@@ -1,6 +1,8 @@
 //! `cleanup`: detaches this store's orphaned loop devices and nothing else,
 //! not even those of another store with backends of the same names.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use common::{can_loop, Bed};

@@ -2,6 +2,8 @@
 //! land after the add gave up, and blkback would open whatever the number
 //! names then. So the device is kept for `cleanup` to judge, not detached.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::{Duration, Instant};

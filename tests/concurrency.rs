@@ -1,6 +1,8 @@
 //! Many hotplug runs at once, as when a guest with many disks starts or
 //! several guests start together.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

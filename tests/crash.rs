@@ -2,6 +2,8 @@
 //! leaves no stuck lock and at most one orphan loop device, which `cleanup`
 //! removes; a remove killed likewise leaves nothing `cleanup` cannot undo.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //! detached or re-used behind the toolstack's back, two domains on one
 //! image, a held lock) and diagnose must name it and say what to do.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::fs::OpenOptions;

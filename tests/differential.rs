@@ -17,6 +17,8 @@
 //! from there, not from the environment), so both sides look for
 //! `block-TYPE` helpers in the same private place.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,6 +3,8 @@
 //! disk still shares a dom0 read-only mount. Real loop devices; every swap,
 //! mount and namespace is undone by a guard even when the test fails.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

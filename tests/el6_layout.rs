@@ -14,6 +14,8 @@
 //! Skipped loudly where mount namespaces cannot be made (not root, or a
 //! container that forbids unshare).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

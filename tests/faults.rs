@@ -4,6 +4,8 @@
 //! leaves the device to `cleanup`), and reports `error` when the store
 //! answers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::time::Duration;

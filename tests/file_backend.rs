@@ -1,6 +1,8 @@
 //! File backends end to end: the built binary, a simulated store on a real
 //! socket, real loop devices.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

@@ -4,6 +4,8 @@
 //! writable disk. The simulator keeps xenstore permissions (every socket
 //! connection is dom0); nodes are given to the guest as xend leaves them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

@@ -3,6 +3,8 @@
 //! newline that would forge a "healthy" line, a node value with a newline
 //! that would forge a log line.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use common::{can_loop, Bed};

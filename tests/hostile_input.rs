@@ -5,6 +5,8 @@
 //! there is no backend to report on), never a panic, a hang or a leaked loop
 //! device.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::ffi::OsString;

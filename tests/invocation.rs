@@ -1,6 +1,8 @@
 //! How the binary is invoked: by libxl, by udev, as /etc/xen/scripts/block,
 //! by hand; usage errors; --dry-run; an unreachable store.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

@@ -1,6 +1,8 @@
 //! The hotplug lock against Xen's own locking.sh (claim_lock/release_lock),
 //! which xen-hotplug-cleanup and the block-* helpers still take.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

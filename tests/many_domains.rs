@@ -5,6 +5,8 @@
 //! sharing scan) and every diagnose of the host fails. Run on the bed's
 //! store: the real xenstored, or the simulator with XBH_STORE=sim.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

@@ -4,6 +4,8 @@
 //! loop number, where only the binding's own id (its lo_file_name) tells
 //! the two apart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::process::{Command, Stdio};

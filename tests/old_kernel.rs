@@ -5,6 +5,8 @@
 //! `XBH_KERNEL=4.1` (.ci/run); these tests hold the wrapper to it on every
 //! `cargo test`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;

@@ -1,5 +1,7 @@
 //! Empty drives and `block-TYPE` helper scripts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

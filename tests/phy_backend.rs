@@ -1,6 +1,8 @@
 //! phy backends end to end: a block device (a loop device the test attaches
 //! itself) handed to blkback as it is, and the sharing rules on it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

@@ -3,6 +3,8 @@
 //! device node made on a user's `nodev` mount. Both are refused before
 //! anything is attached or written but the failure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

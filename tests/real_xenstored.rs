@@ -3,6 +3,8 @@
 //! suites and the xl cases rely on. Skipped loudly when tests/prepare.sh
 //! has not provided it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::process::Command;

@@ -2,6 +2,8 @@
 //! and driver-domain setups delete it before remove runs. The device our
 //! records name for that backend is detached, and nothing else.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use common::{can_loop, Bed, Run};

@@ -2,6 +2,8 @@
 //! directories: selftest's scratch directory under /tmp, and the records
 //! directory that decides what `cleanup` and `remove` detach.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -1,6 +1,8 @@
 //! Debian's xenstore-utils (libxenstore, through XENSTORED_PATH) against the
 //! simulator: if the real clients are happy with it, so is our code.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! pipelined requests, events between connections, hostile messages, and
 //! cleanup when connections and the simulator go away.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //! reads); a stand-in for the xenbus device, and a xenstored whose listen
 //! queue is full.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 mod support;
 

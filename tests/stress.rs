@@ -6,6 +6,8 @@
 //! test --test stress soak -- --nocapture` for the long one), seeded by
 //! XBH_SOAK_SEED to replay a run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::path::PathBuf;

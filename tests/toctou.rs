@@ -4,6 +4,8 @@
 //! device is backed by the inode that was checked, or by nothing; and remove
 //! then leaves nothing behind.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;

@@ -1,5 +1,7 @@
 //! `--version` names the build exactly (build.rs): version, commit, target.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {

@@ -10,6 +10,8 @@
 //! xenstored, the shim or the stock script, or when loop devices cannot be
 //! made here.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod common;
 
 use std::os::unix::fs::MetadataExt;

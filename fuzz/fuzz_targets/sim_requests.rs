@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xen_block_hotplug::sim::answer_raw;
-use xen_block_hotplug::store::wire::{Op, PAYLOAD_MAX};
+use xbh_xenstore::wire::{Op, PAYLOAD_MAX};
+use xbh_xenstore_sim::answer_raw;
 
 fuzz_target!(|data: &[u8]| {
     for reply in answer_raw(data) {

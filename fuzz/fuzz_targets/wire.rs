@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use xen_block_hotplug::store::wire::{split_nul, Message, HEADER_LEN, PAYLOAD_MAX};
+use xbh_xenstore::wire::{split_nul, Message, HEADER_LEN, PAYLOAD_MAX};
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;

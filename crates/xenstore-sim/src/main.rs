@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
-use xen_block_hotplug::sim::Simulator;
+use xbh_xenstore_sim::Simulator;
 
 #[derive(Parser)]
 #[command(about = "In-memory xenstored for tests")]

@@ -12,7 +12,7 @@ use std::thread::{self, JoinHandle};
 
 use super::fault::{Fault, Verdict};
 use super::state::{Delivery, State, Writer};
-use crate::store::wire::{Message, Op};
+use xbh_xenstore::wire::{Message, Op};
 
 /// What the simulator handle and all server threads share.
 #[derive(Default)]

@@ -1,6 +1,13 @@
 //! An in-memory xenstored speaking the wire protocol on a unix socket, for
 //! tests and benchmarks: the real clients (libxenstore via XENSTORED_PATH,
 //! our own store client) talk to it as to dom0's xenstored.
+//!
+//! A crate of its own (xbh-xenstore-sim), on the codec of crates/xenstore:
+//! the product uses it in-process (`selftest`, as
+//! `xen_block_hotplug::sim`), the tests and the benchmark with its fault
+//! hooks (`Fault`). Its binary, `xenstore-sim` (src/main.rs: the simulator
+//! on a socket, for debugging), is not installed with the product:
+//! `cargo build -p xbh-xenstore-sim` builds it.
 
 mod error;
 mod fault;
@@ -22,9 +29,9 @@ pub use error::Errno;
 pub use fault::{Fault, Which};
 pub use path::HOME;
 
-use crate::store::wire::Op;
 use server::{lock, Shared};
 use tree::Mutation;
+use xbh_xenstore::wire::Op;
 
 /// An in-memory xenstored serving the wire protocol on a unix socket.
 /// Dropping it stops the server and removes the socket.
@@ -204,8 +211,8 @@ impl Simulator {
 /// a fresh store, until the bytes run out or a header is refused. Returns the
 /// replies. The fuzz target for the wire decoder and request handling uses it;
 /// it must never panic, whatever the bytes.
-pub fn answer_raw(mut bytes: &[u8]) -> Vec<crate::store::wire::Message> {
-    use crate::store::wire::Message;
+pub fn answer_raw(mut bytes: &[u8]) -> Vec<xbh_xenstore::wire::Message> {
+    use xbh_xenstore::wire::Message;
     let Ok((a, _b)) = std::os::unix::net::UnixStream::pair() else {
         return Vec::new();
     };

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::error::Errno;
-use crate::store::wire::Op;
+use xbh_xenstore::wire::Op;
 
 /// Which requests a fault applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use super::error::Errno;
 use super::path::{self, Name};
 use super::tree::{Change, Mutation, Transaction, Tree};
-use crate::store::wire::{split_nul, Message, Op, PAYLOAD_MAX};
+use xbh_xenstore::wire::{split_nul, Message, Op, PAYLOAD_MAX};
 
 /// A connection's write half; replies and events are written whole under
 /// its lock so that they never interleave.
@@ -506,7 +506,7 @@ mod tests {
             let ask = format!("{path}\0{off}\0");
             let (ty, payload) = c.reply(Op::DirectoryPart, 0, ask.as_bytes());
             assert_eq!(ty, Op::DirectoryPart as u32, "{:?}", payload);
-            let part = crate::store::wire::DirPart::parse(&payload).unwrap();
+            let part = xbh_xenstore::wire::DirPart::parse(&payload).unwrap();
             gens.push(part.generation);
             names.extend(part.children);
             off += part.consumed;
