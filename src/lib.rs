@@ -35,3 +35,4 @@ pub mod selftest;
 pub mod sharing;
 pub mod sim;
 pub mod store;
+pub mod testbed;
