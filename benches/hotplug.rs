@@ -16,7 +16,7 @@
 //!   Qubes' helper beside ours (see "Scaling" below).
 //!
 //! - xl: real `xl block-attach` + `block-detach` through libxl on Debian's
-//!   real xenstored (tests/common/xl.rs), with ours, the stock script and
+//!   real xenstored (tests/it/common/xl.rs), with ours, the stock script and
 //!   /bin/true as /etc/xen/scripts/block: /bin/true is the toolstack's own
 //!   floor (xl, libxl, the private mount namespace, blkback's player), so
 //!   what a script adds is its figure minus the floor. Skipped, loudly,
@@ -28,7 +28,8 @@
 //! the bench's own pages from before exec) and the binary's size. Every loop
 //! device is detached by the test bed's guard, even on a panic.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
+#[allow(dead_code, unused_imports)] // the bench uses a part of the tests' bed
 mod common;
 
 use std::io::Read;

@@ -46,6 +46,13 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// The directory, no longer removed on drop: for an owner that
+    /// outlives this value (a daemon's warden that removes it itself).
+    pub fn keep(self) -> PathBuf {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.0.clone()
+    }
 }
 
 impl Drop for TempDir {
