@@ -8,10 +8,10 @@
 //! 0700, and each image is created new, never through a link: it runs as
 //! root in a directory every user can write.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 
 use crate::exit_codes::ExitCode;
 use crate::hotplug::{self, Job};
@@ -19,7 +19,7 @@ use crate::invocation::{Action, Invocation, Vars};
 use crate::loopdev;
 use crate::sim::Simulator;
 use crate::store::Store;
-use crate::testbed::{self, LoopGuard, Nodes, TempDir};
+use crate::testbed::{self, Nodes};
 
 /// Domain ids far above what a host runs, so that no tag or log line of
 /// the selftest can be taken for a real guest's.
@@ -28,46 +28,36 @@ const FIRST_DOMID: u32 = 32700;
 const PHY_TAG: &str = "xen-block-hotplug-selftest";
 
 struct Bed {
-    // Fields drop in order: the connection, the store, every loop device
-    // backed by a file of the directory (whatever a case left), the files.
+    // Fields drop in order: the connection, then the bed (its store, every
+    // loop device backed by a file of its directory, the directory).
     store: Store,
-    sim: Simulator,
-    lock: PathBuf,
+    bed: testbed::Bed<Simulator>,
     verbose: bool,
-    _loops: LoopGuard,
-    dir: TempDir,
 }
 
 impl Bed {
     fn new(verbose: bool) -> Result<Bed> {
-        let dir = TempDir::new("xen-block-hotplug-selftest")?;
-        let sim = Simulator::start(&dir.path().join("xenstored.sock"))
-            .context("starting the private xenstore")?;
-        let store = Store::open_socket(sim.socket_path())?;
+        let bed = testbed::Bed::simulator("xen-block-hotplug-selftest")?;
+        let store = Store::open_socket(bed.sim.socket_path())?;
         Ok(Bed {
-            lock: dir.path().join("block.lock"),
-            _loops: LoopGuard(dir.path().to_path_buf()),
-            dir,
-            sim,
             store,
+            bed,
             verbose,
         })
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.bed.dir.join(name)
     }
 
     fn image(&self, name: &str) -> Result<PathBuf> {
-        let p = self.path(name);
-        testbed::create_image(&p, 4 << 20)?;
-        Ok(p)
+        self.bed.image(name, 4)
     }
 
     /// Writes a backend as a toolstack does, with blkback's state 2.
     fn backend(&self, domid: u32, ty: &str, params: &str, mode: &str) -> String {
         let vm = format!("/vm/selftest-{domid}");
-        Nodes::add_vbd(&self.sim, domid, 51712, ty, params, mode, &vm)
+        Nodes::add_vbd(&self.bed.sim, domid, 51712, ty, params, mode, &vm)
     }
 
     fn run(&self, action: Action, backend: &str) -> Result<ExitCode> {
@@ -77,7 +67,7 @@ impl Bed {
         let job = Job {
             inv,
             dry_run: false,
-            lock_path: self.lock.clone(),
+            lock_path: self.bed.lock.clone(),
             lock_timeout: Duration::from_secs(10),
         };
         Ok(hotplug::execute(&job, &self.store))
@@ -86,11 +76,11 @@ impl Bed {
     /// Deletes a backend directory after its remove, as libxl (or udev's
     /// xen-hotplug-cleanup) does.
     fn forget(&self, backend: &str) {
-        self.sim.rm(&format!("/local/domain/0/{backend}"));
+        self.bed.sim.rm(&format!("/local/domain/0/{backend}"));
     }
 
     fn node(&self, backend: &str, k: &str) -> Option<String> {
-        self.sim.read(&format!("/local/domain/0/{backend}/{k}"))
+        self.bed.node(backend, k)
     }
 
     /// Prints the nodes as the toolstack reads them.
@@ -238,18 +228,8 @@ fn busy_case(bed: &Bed, domid: u32) -> Result<()> {
     Ok(())
 }
 
-fn preflight() -> Result<()> {
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!("selftest needs root (it attaches loop devices)");
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        bail!("/dev/loop-control is missing: load the loop module (modprobe loop)");
-    }
-    Ok(())
-}
-
 pub fn run(verbose: bool) -> ExitCode {
-    if let Err(e) = preflight() {
+    if let Err(e) = testbed::loop_capable() {
         eprintln!("selftest: {e:#}");
         return ExitCode::Failure;
     }
@@ -299,7 +279,7 @@ pub fn run(verbose: bool) -> ExitCode {
     }
     // The phy stand-in is ours to detach; anything else still attached leaked.
     let mut leaked = Vec::new();
-    for st in testbed::loops_under(bed.dir.path()).unwrap_or_default() {
+    for st in testbed::loops_under(&bed.bed.dir).unwrap_or_default() {
         if st.tag != PHY_TAG || loopdev::detach(st.number).is_err() {
             leaked.push(st.number);
         }
@@ -309,7 +289,7 @@ pub fn run(verbose: bool) -> ExitCode {
         println!("loop devices left behind: {leaked:?}");
     }
     if bed.verbose {
-        println!("xenstore requests: {}", bed.sim.request_count());
+        println!("xenstore requests: {}", bed.bed.sim.request_count());
     }
     println!("selftest: {passed} passed, {failed} failed");
     if failed == 0 {

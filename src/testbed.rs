@@ -18,6 +18,9 @@
 //! - `LoopGuard`: on drop, detaches every loop device backed by a file of
 //!   the bed's directory, and only those (loop devices are global; other
 //!   processes' devices are never touched), even when a case failed.
+//! - `Bed`: all of the above around one store handle (`Bed<Simulator>` for
+//!   selftest and the benchmark; the tests' `Bed<TestStore>` on either the
+//!   simulator or the real xenstored).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -26,8 +29,24 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
 
+use anyhow::ensure;
+
 use crate::loopdev::{self, LoopStatus};
 use crate::sim::Simulator;
+
+/// Ok when this process can attach loop devices (root, the loop module
+/// loaded); otherwise the reason, for an admin.
+pub fn loop_capable() -> Result<()> {
+    ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "needs root (it attaches loop devices)"
+    );
+    ensure!(
+        Path::new("/dev/loop-control").exists(),
+        "/dev/loop-control is missing: load the loop module (modprobe loop)"
+    );
+    Ok(())
+}
 
 /// A private directory (mkdtemp: fresh, random name, mode 0700), removed
 /// with everything in it on drop.
@@ -75,10 +94,16 @@ pub fn create_image(path: &Path, bytes: u64) -> Result<()> {
         .with_context(|| format!("sizing {}", path.display()))
 }
 
-/// A store handle a bed writes nodes through.
+/// A store handle a bed writes and reads nodes through.
 pub trait Nodes {
     /// Writes a node (creating its parents).
     fn write_node(&self, path: &str, value: &str);
+
+    /// A node's value; None when it is missing.
+    fn read_node(&self, path: &str) -> Option<String>;
+
+    /// The socket the binary is pointed at (XENSTORED_PATH).
+    fn socket_path(&self) -> &Path;
 
     /// Writes a vbd backend directory as a toolstack does once blkback is
     /// waiting for its device (state 2), and the frontend domain's `vm`.
@@ -114,6 +139,14 @@ pub trait Nodes {
 impl Nodes for Simulator {
     fn write_node(&self, path: &str, value: &str) {
         self.write(path, value);
+    }
+
+    fn read_node(&self, path: &str) -> Option<String> {
+        self.read(path)
+    }
+
+    fn socket_path(&self) -> &Path {
+        Simulator::socket_path(self)
     }
 }
 
@@ -164,6 +197,112 @@ impl Drop for LoopGuard {
     fn drop(&mut self) {
         for st in loops_under(&self.0).unwrap_or_default() {
             let _ = loopdev::detach(st.number);
+        }
+    }
+}
+
+/// The device's detach was requested and waits for its last opener (we
+/// never attach with autoclear, so the flag means exactly that here).
+pub fn detaching(number: u32) -> bool {
+    std::fs::read_to_string(format!("/sys/block/loop{number}/loop/autoclear"))
+        .is_ok_and(|v| v.trim() == "1")
+}
+
+/// A private place for add/remove cycles: a fresh directory holding the
+/// images, the lock and the script dir, a store, and the guards. Fields
+/// drop in order: the store, every loop device backed by a file of the
+/// directory, the directory.
+pub struct Bed<S> {
+    /// The store (named `sim`: the simulator everywhere but in the tests
+    /// on the real xenstored).
+    pub sim: S,
+    pub dir: PathBuf,
+    pub lock: PathBuf,
+    pub script_dir: PathBuf,
+    _loops: LoopGuard,
+    _tmp: TempDir,
+}
+
+impl Bed<Simulator> {
+    /// A bed on a private in-process simulator, its socket in the directory.
+    pub fn simulator(prefix: &str) -> Result<Bed<Simulator>> {
+        let tmp = TempDir::new(prefix)?;
+        let sim = Simulator::start(&tmp.path().join("xenstored.sock"))
+            .context("starting the private xenstore")?;
+        Bed::new(tmp, sim)
+    }
+}
+
+impl<S: Nodes> Bed<S> {
+    /// A bed in `tmp` on `sim` (a store started before or inside `tmp`).
+    pub fn new(tmp: TempDir, sim: S) -> Result<Bed<S>> {
+        let dir = tmp.path().to_path_buf();
+        let script_dir = dir.join("scripts");
+        std::fs::create_dir(&script_dir)
+            .with_context(|| format!("creating {}", script_dir.display()))?;
+        Ok(Bed {
+            sim,
+            lock: dir.join("block.lock"),
+            script_dir,
+            _loops: LoopGuard(dir.clone()),
+            dir,
+            _tmp: tmp,
+        })
+    }
+
+    /// A new sparse image of `mib` MiB in the bed's directory.
+    pub fn image(&self, name: &str, mib: u64) -> Result<PathBuf> {
+        let p = self.dir.join(name);
+        create_image(&p, mib << 20)?;
+        Ok(p)
+    }
+
+    /// Writes a backend directory as the toolstack does (blkback's state 2
+    /// included) and the frontend domain's `vm` (`/vm/test-DOMID`).
+    /// Returns the backend relative to dom0's home.
+    pub fn backend(&self, domid: u32, devid: u32, ty: &str, params: &str, mode: &str) -> String {
+        let vm = format!("/vm/test-{domid}");
+        self.sim.add_vbd(domid, devid, ty, params, mode, &vm)
+    }
+
+    /// A node of a backend given relative to dom0's home.
+    pub fn node(&self, backend: &str, k: &str) -> Option<String> {
+        self.sim
+            .read_node(&format!("/local/domain/0/{backend}/{k}"))
+    }
+
+    /// Where the bed's runs of the binary find its store, lock and scripts.
+    pub fn toolstack(&self) -> Toolstack<'_> {
+        Toolstack {
+            socket: self.sim.socket_path(),
+            lock: &self.lock,
+            script_dir: &self.script_dir,
+        }
+    }
+
+    /// `program` (a build of the binary) in libxl's environment for
+    /// `backend` on this bed, nothing else inherited.
+    pub fn command(&self, program: &Path, backend: &str) -> Command {
+        let mut c = Command::new(program);
+        self.toolstack().apply(&mut c, Some(backend));
+        c
+    }
+
+    /// Bound loop devices backed by `image`, once the detaches already
+    /// requested have happened: LOOP_CLR_FD on a device someone else has
+    /// open (any process's status scan) only sets autoclear, and the kernel
+    /// unbinds it at their last close. A device still marked so after the
+    /// settle (5 s) is returned like any other, so a stuck one still shows.
+    pub fn loops_of(&self, image: &Path) -> Result<Vec<LoopStatus>> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(image).with_context(|| format!("stat of {}", image.display()))?;
+        let settle = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let users = loopdev::users_of(m.dev(), m.ino()).context("listing loop devices")?;
+            if !users.iter().any(|u| detaching(u.number)) || std::time::Instant::now() > settle {
+                return Ok(users);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
     }
 }

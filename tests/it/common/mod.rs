@@ -15,14 +15,13 @@ pub mod xl;
 
 pub use facts::*;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
 use xen_block_hotplug::loopdev;
 use xen_block_hotplug::sim::Simulator;
-use xen_block_hotplug::testbed::{self, LoopGuard, TempDir, Toolstack};
+use xen_block_hotplug::testbed::{self, TempDir};
 
 pub use store::{Kind, TestStore};
 
@@ -41,17 +40,16 @@ pub fn can_loop(test: &str) -> bool {
     ok
 }
 
-pub struct Bed {
-    /// The bed's store: the real xenstored or the simulator (named `sim`
-    /// from the days when it was always the simulator; same methods).
-    pub sim: TestStore,
-    pub dir: PathBuf,
-    pub lock: PathBuf,
-    pub script_dir: PathBuf,
-    // Drop after the store: every loop device backed by a file of the
-    // directory (and only those), then the directory.
-    _loops: LoopGuard,
-    _tmp: TempDir,
+/// The product's bed on the tests' store (the real xenstored or the
+/// simulator: `bed.sim`, named so from the days when it was always the
+/// simulator; same methods), with the runs of the binary tests make.
+pub struct Bed(testbed::Bed<TestStore>);
+
+impl std::ops::Deref for Bed {
+    type Target = testbed::Bed<TestStore>;
+    fn deref(&self) -> &testbed::Bed<TestStore> {
+        &self.0
+    }
 }
 
 /// What a run of the binary left behind.
@@ -121,45 +119,12 @@ impl Bed {
     }
 
     fn with_store(tmp: TempDir, sim: TestStore) -> Bed {
-        let dir = tmp.path().to_path_buf();
-        let script_dir = dir.join("scripts");
-        std::fs::create_dir_all(&script_dir).expect("creating the script directory");
-        Bed {
-            sim,
-            lock: dir.join("block.lock"),
-            script_dir,
-            _loops: LoopGuard(dir.clone()),
-            dir,
-            _tmp: tmp,
-        }
+        Bed(testbed::Bed::new(tmp, sim).expect("making the test bed"))
     }
 
     /// A sparse image of `mib` MiB in the bed's directory.
     pub fn image(&self, name: &str, mib: u64) -> PathBuf {
-        let p = self.dir.join(name);
-        testbed::create_image(&p, mib << 20).expect("creating an image");
-        p
-    }
-
-    /// Writes a backend directory as the toolstack does (blkback's state 2
-    /// included) and the frontend domain's `vm`. Returns the relative path.
-    pub fn backend(&self, domid: u32, devid: u32, ty: &str, params: &str, mode: &str) -> String {
-        let vm = format!("/vm/test-{domid}");
-        self.sim.add_vbd(domid, devid, ty, params, mode, &vm)
-    }
-
-    /// A node of a backend given relative to dom0's home.
-    pub fn node(&self, backend: &str, k: &str) -> Option<String> {
-        self.sim.read(&format!("/local/domain/0/{backend}/{k}"))
-    }
-
-    /// Where the bed's runs of the binary find its store, lock and scripts.
-    pub fn toolstack(&self) -> Toolstack<'_> {
-        Toolstack {
-            socket: self.sim.socket_path(),
-            lock: &self.lock,
-            script_dir: &self.script_dir,
-        }
+        self.0.image(name, mib).expect("creating an image")
     }
 
     /// The binary with the bed's store, lock and script dir, in libxl's
@@ -252,26 +217,10 @@ impl Bed {
     }
 
     /// Bound loop devices backed by `image`, once the detaches already
-    /// requested have happened: LOOP_CLR_FD on a device someone else has
-    /// open (any process's status scan) only sets autoclear, and the kernel
-    /// unbinds it at their last close. A device still marked so after the
-    /// settle is returned like any other, so a stuck one still fails a test.
+    /// requested have happened (`testbed::Bed::loops_of`).
     pub fn loops_of(&self, image: &Path) -> Vec<loopdev::LoopStatus> {
-        let m = std::fs::metadata(image).expect("stat of an image");
-        let settle = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let users = loopdev::users_of(m.dev(), m.ino()).expect("listing loop devices");
-            if !users.iter().any(|u| detaching(u.number)) || std::time::Instant::now() > settle {
-                return users;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        self.0.loops_of(image).expect("listing loop devices")
     }
 }
 
-/// The device's detach was requested and waits for its last opener (we
-/// never attach with autoclear, so the flag means exactly that here).
-pub fn detaching(number: u32) -> bool {
-    std::fs::read_to_string(format!("/sys/block/loop{number}/loop/autoclear"))
-        .is_ok_and(|v| v.trim() == "1")
-}
+pub use testbed::detaching;

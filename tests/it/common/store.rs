@@ -16,8 +16,9 @@
 //! lock, and puts the old value back.
 //!
 //! The handle keeps the simulator's method names (`read`, `write`, `rm`,
-//! `directory`, `exists`, `add_vbd`, `socket_path`), so the test files use
-//! it as they used the simulator.
+//! `directory`, `exists`, `socket_path`), so the test files use it as they
+//! used the simulator, and implements the product bed's `Nodes` (whose
+//! `add_vbd` the bed's `backend` writes through).
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -191,24 +192,19 @@ impl TestStore {
             TestStore::Sim(sim) => sim.rm(path),
         }
     }
-
-    /// The bed's `add_vbd` (xen_block_hotplug::testbed), on this store.
-    pub fn add_vbd(
-        &self,
-        domid: u32,
-        devid: u32,
-        ty: &str,
-        params: &str,
-        mode: &str,
-        vm: &str,
-    ) -> String {
-        Nodes::add_vbd(self, domid, devid, ty, params, mode, vm)
-    }
 }
 
 impl Nodes for TestStore {
     fn write_node(&self, path: &str, value: &str) {
         self.write(path, value);
+    }
+
+    fn read_node(&self, path: &str) -> Option<String> {
+        self.read(path)
+    }
+
+    fn socket_path(&self) -> &Path {
+        TestStore::socket_path(self)
     }
 }
 
