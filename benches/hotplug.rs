@@ -28,11 +28,15 @@
 //! the bench's own pages from before exec) and the binary's size. Every loop
 //! device is detached by the test bed's guard, even on a panic.
 
-// The xl row alone needs the tests' real xenstored and xl (test-only code,
-// not in the product's testbed); everything else is xen_block_hotplug's.
-#[path = "../tests/it/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
-mod common;
+// The xl row alone needs the tests' real xenstored and xl starters
+// (test-only code, not in the product's testbed): those two files of the
+// tests' bed, of which it uses a part. Everything else is the library's.
+#[path = "../tests/it/common/xenstored.rs"]
+#[allow(dead_code)]
+mod xenstored;
+#[path = "../tests/it/common/xl.rs"]
+#[allow(dead_code)]
+mod xl;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -40,11 +44,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::xl::XlBed;
 use nix::libc;
 use xen_block_hotplug::loopdev;
 use xen_block_hotplug::sim::Simulator;
 use xen_block_hotplug::testbed;
+use xl::XlBed;
 
 const BIN: &str = env!("CARGO_BIN_EXE_xen-block-hotplug");
 
@@ -532,7 +536,7 @@ fn print_rows(rows: &[Row]) {
 /// `xl block-attach` and `block-detach` wall times, one series per script,
 /// the three interleaved (each iteration rotates who goes first).
 fn xl_row(ours: &Path, iters: usize) {
-    if !common::xenstored::available("benchmark xl row") {
+    if !xenstored::available("benchmark xl row") {
         return;
     }
     let bed = XlBed::new("bench-xl", &[7]).expect("starting the xl bed");

@@ -201,6 +201,24 @@ impl Drop for LoopGuard {
     }
 }
 
+/// What a run of the binary (or a peer script) left behind.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<std::process::Output> for Run {
+    fn from(o: std::process::Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
 /// The device's detach was requested and waits for its last opener (we
 /// never attach with autoclear, so the flag means exactly that here).
 pub fn detaching(number: u32) -> bool {

@@ -16,12 +16,14 @@ pub mod xl;
 pub use facts::*;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use xen_block_hotplug::loopdev;
 use xen_block_hotplug::sim::Simulator;
 use xen_block_hotplug::testbed::{self, TempDir};
+
+pub use xen_block_hotplug::testbed::Run;
 
 pub use store::{Kind, TestStore};
 
@@ -49,23 +51,6 @@ impl std::ops::Deref for Bed {
     type Target = testbed::Bed<TestStore>;
     fn deref(&self) -> &testbed::Bed<TestStore> {
         &self.0
-    }
-}
-
-/// What a run of the binary left behind.
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Run {
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
     }
 }
 

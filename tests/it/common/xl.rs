@@ -42,10 +42,9 @@ use xen_block_hotplug::devnum::DevNum;
 use xen_block_hotplug::loopdev;
 use xen_block_hotplug::store::wire::{Message, Op};
 use xen_block_hotplug::store::Store;
-use xen_block_hotplug::testbed;
+use xen_block_hotplug::testbed::{self, Run};
 
 use super::xenstored::{RealXenstored, XenPrograms};
-use super::Run;
 
 /// The fixed UUID the shim gives domain `domid`.
 pub fn uuid_of(domid: u32) -> String {
