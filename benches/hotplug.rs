@@ -16,7 +16,7 @@
 //!   Qubes' helper beside ours (see "Scaling" below).
 //!
 //! - xl: real `xl block-attach` + `block-detach` through libxl on Debian's
-//!   real xenstored (tests/common/xl.rs), with ours, the stock script and
+//!   real xenstored (tests/it/common/xl.rs), with ours, the stock script and
 //!   /bin/true as /etc/xen/scripts/block: /bin/true is the toolstack's own
 //!   floor (xl, libxl, the private mount namespace, blkback's player), so
 //!   what a script adds is its figure minus the floor. Skipped, loudly,
@@ -30,8 +30,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+// The xl row alone needs the tests' real xenstored and xl starters
+// (test-only code, not in the product's testbed): those two files of the
+// tests' bed, of which it uses a part. Everything else is the library's.
+#[path = "../tests/it/common/xenstored.rs"]
+#[allow(dead_code)]
+mod xenstored;
+#[path = "../tests/it/common/xl.rs"]
+#[allow(dead_code)]
+mod xl;
 
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -39,10 +46,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::xl::XlBed;
-use common::{Bed, SimBed, BIN};
 use nix::libc;
 use xen_block_hotplug::loopdev;
+use xen_block_hotplug::sim::Simulator;
+use xen_block_hotplug::testbed;
+use xl::XlBed;
+
+const BIN: &str = env!("CARGO_BIN_EXE_xen-block-hotplug");
 
 const STOCK: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -88,7 +98,7 @@ fn reap(mut child: std::process::Child, start: Instant) -> Done {
 }
 
 struct Bench {
-    bed: SimBed,
+    bed: testbed::Bed<Simulator>,
     next_domid: u32,
     /// Per-run verbose mode for ours: its -v lines are parsed.
     verbose: bool,
@@ -144,7 +154,7 @@ impl Bench {
     fn command(&self, peer: Peer, backend: &str, action: &str) -> Command {
         let mut c = match peer {
             Peer::Ours => {
-                let mut c = self.bed.command_of(&self.ours, backend);
+                let mut c = self.bed.command(&self.ours, backend);
                 // The real lock, shared with the stock script: a fair comparison.
                 c.env_remove("XEN_BLOCK_HOTPLUG_LOCK").arg(action);
                 if self.verbose {
@@ -227,7 +237,7 @@ impl Bench {
     /// directory (after a failed stock run).
     fn scrub(&self, imgs: &[&Path]) {
         for img in imgs {
-            for st in self.bed.loops_of(img) {
+            for st in self.bed.loops_of(img).expect("listing loop devices") {
                 let _ = loopdev::detach(st.number);
             }
         }
@@ -238,7 +248,7 @@ impl Bench {
     fn settle(&self, img: &Path, n: usize) -> usize {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
-            let now = self.bed.loops_of(img).len();
+            let now = self.bed.loops_of(img).expect("listing loop devices").len();
             if now == n || Instant::now() >= deadline {
                 return now;
             }
@@ -466,7 +476,13 @@ fn shared50(b: &mut Bench, iters: usize, img: &Path) -> Row {
         b.run(Peer::Ours, be, "add");
     }
     b.verbose = verbose;
-    let base: Vec<u32> = b.bed.loops_of(img).iter().map(|s| s.number).collect();
+    let base: Vec<u32> = b
+        .bed
+        .loops_of(img)
+        .expect("listing loop devices")
+        .iter()
+        .map(|s| s.number)
+        .collect();
     assert_eq!(base.len(), 50, "the 50 users are attached");
     for i in 0..iters {
         for peer in order(i) {
@@ -474,7 +490,7 @@ fn shared50(b: &mut Bench, iters: usize, img: &Path) -> Row {
             let be = b.bed.backend(d, 51712, "file", &img_s, "r");
             b.add_measured(&mut row, peer, &be);
             // A failed stock run may have left its device: detach any but the 50.
-            for st in b.bed.loops_of(img) {
+            for st in b.bed.loops_of(img).expect("listing loop devices") {
                 if !base.contains(&st.number) {
                     let _ = loopdev::detach(st.number);
                 }
@@ -529,7 +545,7 @@ fn print_rows(rows: &[Row]) {
 /// `xl block-attach` and `block-detach` wall times, one series per script,
 /// the three interleaved (each iteration rotates who goes first).
 fn xl_row(ours: &Path, iters: usize) {
-    if !common::xenstored::available("benchmark xl row") {
+    if !xenstored::available("benchmark xl row") {
         return;
     }
     let bed = XlBed::new("bench-xl", &[7]).expect("starting the xl bed");
@@ -791,7 +807,11 @@ fn diagnose_host(b: &Bench) -> Duration {
 fn scaling(b: &mut Bench, iters: usize, sizes: &[usize], diag_at: &[usize], whos: &[Who]) {
     let max = sizes.iter().copied().max().unwrap_or(0);
     let imgs: Vec<PathBuf> = (0..max)
-        .map(|i| b.bed.image(&format!("scale{i}.img"), 8))
+        .map(|i| {
+            b.bed
+                .image(&format!("scale{i}.img"), 8)
+                .expect("creating an image")
+        })
         .collect();
     println!(
         "\nstorms by size ({iters} rounds each; makespan median (min..max), per disk)\n{:>5} {:>6} {:>30} {:>10} {:>30}",
@@ -943,7 +963,8 @@ fn opts() -> Opts {
 
 fn main() {
     let o = opts();
-    if !common::can_loop("benchmark") {
+    if let Err(e) = testbed::loop_capable() {
+        eprintln!("SKIPPED benchmark: {e}");
         return;
     }
     if !Path::new(STOCK).is_file() {
@@ -953,7 +974,7 @@ fn main() {
     let base = o.iters.unwrap_or(if o.smoke { 1 } else { 20 });
     let few = o.iters.unwrap_or(if o.smoke { 1 } else { 5 });
     let mut b = Bench {
-        bed: Bed::with_simulator("bench"),
+        bed: testbed::Bed::simulator("xbh-bench").expect("starting the bench's bed"),
         next_domid: 100,
         verbose: false,
         stock_failures: 0,
@@ -963,12 +984,16 @@ fn main() {
         xl_row(&b.ours, base);
         return;
     }
-    let img = b.bed.image("cycle.img", 8);
+    let img = b.bed.image("cycle.img", 8).expect("creating an image");
     let imgs: Vec<PathBuf> = (0..STORM)
-        .map(|i| b.bed.image(&format!("storm{i}.img"), 8))
+        .map(|i| {
+            b.bed
+                .image(&format!("storm{i}.img"), 8)
+                .expect("creating an image")
+        })
         .collect();
-    let phy = b.bed.image("phy.img", 8);
-    let shared = b.bed.image("shared.img", 8);
+    let phy = b.bed.image("phy.img", 8).expect("creating an image");
+    let shared = b.bed.image("shared.img", 8).expect("creating an image");
 
     if o.scaling {
         // --scaling: the storms by size, diagnose and Qubes' cycle only.
@@ -1023,8 +1048,11 @@ fn main() {
             b.stock_failures
         );
     }
-    let leaked = b.bed.loops_of(&img).len()
-        + imgs.iter().map(|i| b.bed.loops_of(i).len()).sum::<usize>()
-        + b.bed.loops_of(&shared).len();
+    let leaked = b.bed.loops_of(&img).expect("listing loop devices").len()
+        + imgs
+            .iter()
+            .map(|i| b.bed.loops_of(i).expect("listing loop devices").len())
+            .sum::<usize>()
+        + b.bed.loops_of(&shared).expect("listing loop devices").len();
     assert_eq!(leaked, 0, "loop devices left attached");
 }

@@ -27,6 +27,7 @@ pub mod outcome;
 pub mod records;
 pub mod selftest;
 pub mod sharing;
+pub mod testbed;
 
 /// The xenstore client and wire codec, a crate of their own
 /// (crates/xenstore) that the simulator shares.

@@ -8,12 +8,10 @@
 //! 0700, and each image is created new, never through a link: it runs as
 //! root in a directory every user can write.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 
 use crate::exit_codes::ExitCode;
 use crate::hotplug;
@@ -22,6 +20,7 @@ use crate::job::{Job, LockSpec};
 use crate::loopdev;
 use crate::sim::Simulator;
 use crate::store::Store;
+use crate::testbed::{self, Nodes};
 
 /// Domain ids far above what a host runs, so that no tag or log line of
 /// the selftest can be taken for a real guest's.
@@ -29,92 +28,37 @@ const FIRST_DOMID: u32 = 32700;
 /// Tag of the loop device that stands in for a host disk.
 const PHY_TAG: &str = "xen-block-hotplug-selftest";
 
-fn file_tag(backend: &str) -> String {
-    crate::records::tag(backend)
-}
-
 struct Bed {
-    // Fields drop in order: the connection, then the store, then the files.
+    // Fields drop in order: the connection, then the bed (its store, every
+    // loop device backed by a file of its directory, the directory).
     store: Store,
-    sim: Simulator,
-    dir: PathBuf,
-    lock: PathBuf,
+    bed: testbed::Bed<Simulator>,
     verbose: bool,
-    _cleanup: DirGuard,
-}
-
-/// Removes the private directory once everything in it is closed.
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Loop devices a case attached, with the tag they carry; at the end,
-/// whatever happened, each one still carrying its tag is detached (a number
-/// alone could by then name another process's device).
-#[derive(Default)]
-struct Leftovers(Vec<(u32, String)>);
-
-impl Leftovers {
-    fn ours(&self) -> Vec<u32> {
-        self.0
-            .iter()
-            .filter(|(n, tag)| matches!(loopdev::status(*n), Ok(Some(st)) if &st.tag == tag))
-            .map(|(n, _)| *n)
-            .collect()
-    }
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for n in self.ours() {
-            let _ = loopdev::detach(n);
-        }
-    }
 }
 
 impl Bed {
     fn new(verbose: bool) -> Result<Bed> {
-        // A fresh directory of a random name, mode 0700, that did not exist
-        // (mkdtemp): /tmp is anyone's, and a name known in advance (the pid)
-        // let a user plant a directory of links to root's files there.
-        let template = std::env::temp_dir().join("xen-block-hotplug-selftest-XXXXXX");
-        let dir = nix::unistd::mkdtemp(&template)
-            .with_context(|| format!("creating a private directory {}", template.display()))?;
-        let sim = Simulator::start(&dir.join("xenstored.sock"))
-            .context("starting the private xenstore")?;
-        let store = Store::open_socket(sim.socket_path())?;
+        let bed = testbed::Bed::simulator("xen-block-hotplug-selftest")?;
+        let store = Store::open_socket(bed.sim.socket_path())?;
         Ok(Bed {
-            lock: dir.join("block.lock"),
-            _cleanup: DirGuard(dir.clone()),
-            dir,
-            sim,
             store,
+            bed,
             verbose,
         })
     }
 
+    fn path(&self, name: &str) -> PathBuf {
+        self.bed.dir.join(name)
+    }
+
     fn image(&self, name: &str) -> Result<PathBuf> {
-        let p = self.dir.join(name);
-        // A new file, never through a link (O_CREAT|O_EXCL|O_NOFOLLOW).
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&p)
-            .with_context(|| format!("creating {}", p.display()))?;
-        f.set_len(4 << 20)?;
-        Ok(p)
+        self.bed.image(name, 4)
     }
 
     /// Writes a backend as a toolstack does, with blkback's state 2.
     fn backend(&self, domid: u32, ty: &str, params: &str, mode: &str) -> String {
         let vm = format!("/vm/selftest-{domid}");
-        self.sim.add_vbd(domid, 51712, ty, params, mode, &vm)
+        Nodes::add_vbd(&self.bed.sim, domid, 51712, ty, params, mode, &vm)
     }
 
     fn run(&self, action: Action, backend: &str) -> Result<ExitCode> {
@@ -125,7 +69,7 @@ impl Bed {
             inv,
             dry_run: false,
             lock: LockSpec {
-                path: self.lock.clone(),
+                path: self.bed.lock.clone(),
                 timeout: Duration::from_secs(10),
             },
         };
@@ -135,11 +79,11 @@ impl Bed {
     /// Deletes a backend directory after its remove, as libxl (or udev's
     /// xen-hotplug-cleanup) does.
     fn forget(&self, backend: &str) {
-        self.sim.rm(&format!("/local/domain/0/{backend}"));
+        self.bed.sim.rm(&format!("/local/domain/0/{backend}"));
     }
 
     fn node(&self, backend: &str, k: &str) -> Option<String> {
-        self.sim.read(&format!("/local/domain/0/{backend}/{k}"))
+        self.bed.node(backend, k)
     }
 
     /// Prints the nodes as the toolstack reads them.
@@ -174,7 +118,7 @@ fn add_connected(bed: &Bed, b: &str) -> Result<()> {
     connected(bed, b)
 }
 
-fn file_case(bed: &Bed, domid: u32, mode: &str, left: &mut Leftovers) -> Result<()> {
+fn file_case(bed: &Bed, domid: u32, mode: &str) -> Result<()> {
     let img = bed.image(&format!("disk-{mode}.img"))?;
     let b = bed.backend(domid, "file", &img.to_string_lossy(), mode);
     add_connected(bed, &b)?;
@@ -183,7 +127,6 @@ fn file_case(bed: &Bed, domid: u32, mode: &str, left: &mut Leftovers) -> Result<
         .ok_or_else(|| anyhow!("no node written"))?;
     let n =
         loopdev::parse_number(&node).ok_or_else(|| anyhow!("node {node} is not a loop device"))?;
-    left.0.push((n, file_tag(&b)));
     let st = loopdev::status(n)?.ok_or_else(|| anyhow!("{node} is not attached"))?;
     let meta = std::fs::metadata(&img)?;
     use std::os::unix::fs::MetadataExt;
@@ -216,7 +159,7 @@ fn detached_soon(n: u32) -> Result<bool> {
     Ok(false)
 }
 
-fn phy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
+fn phy_case(bed: &Bed, domid: u32) -> Result<()> {
     // A loop device of our own stands in for a disk of the host.
     let img = bed.image("phy.img")?;
     let f = std::fs::OpenOptions::new()
@@ -229,7 +172,6 @@ fn phy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
     };
     let dev = loopdev::attach(&f, &opts).context("attaching a test block device")?;
     let n = dev.keep();
-    left.0.push((n, PHY_TAG.to_string()));
     let path = format!("/dev/loop{n}");
     let b = bed.backend(domid, "phy", &path, "w");
     add_connected(bed, &b)?;
@@ -250,7 +192,7 @@ fn phy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
 }
 
 fn refused_case(bed: &Bed, domid: u32) -> Result<()> {
-    let missing = bed.dir.join("missing.img");
+    let missing = bed.path("missing.img");
     let b = bed.backend(domid, "file", &missing.to_string_lossy(), "w");
     let code = bed.run(Action::Add, &b)?;
     bed.show(&b);
@@ -271,19 +213,12 @@ fn refused_case(bed: &Bed, domid: u32) -> Result<()> {
     Ok(())
 }
 
-fn busy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
+fn busy_case(bed: &Bed, domid: u32) -> Result<()> {
     let img = bed.image("shared.img")?;
     let p = img.to_string_lossy();
     let a = bed.backend(domid, "file", &p, "w");
     let b = bed.backend(domid + 1, "file", &p, "w");
     ensure!(bed.run(Action::Add, &a)?.is_success(), "first add failed");
-    if let Some(n) = bed
-        .node(&a, "node")
-        .as_deref()
-        .and_then(loopdev::parse_number)
-    {
-        left.0.push((n, file_tag(&a)));
-    }
     let code = bed.run(Action::Add, &b)?;
     bed.show(&b);
     ensure!(
@@ -300,18 +235,8 @@ fn busy_case(bed: &Bed, domid: u32, left: &mut Leftovers) -> Result<()> {
     Ok(())
 }
 
-fn preflight() -> Result<()> {
-    if !nix::unistd::Uid::effective().is_root() {
-        bail!("selftest needs root (it attaches loop devices)");
-    }
-    if !Path::new("/dev/loop-control").exists() {
-        bail!("/dev/loop-control is missing: load the loop module (modprobe loop)");
-    }
-    Ok(())
-}
-
 pub fn run(verbose: bool) -> ExitCode {
-    if let Err(e) = preflight() {
+    if let Err(e) = testbed::loop_capable() {
         eprintln!("selftest: {e:#}");
         return ExitCode::Failure;
     }
@@ -322,37 +247,33 @@ pub fn run(verbose: bool) -> ExitCode {
             return ExitCode::Failure;
         }
     };
-    let mut left = Leftovers::default();
-    type Case<'a> = (
-        &'a str,
-        Box<dyn Fn(&Bed, &mut Leftovers) -> Result<()> + 'a>,
-    );
+    type Case<'a> = (&'a str, Box<dyn Fn(&Bed) -> Result<()> + 'a>);
     let cases: Vec<Case<'_>> = vec![
         (
             "file image, read-write",
-            Box::new(|b, l| file_case(b, FIRST_DOMID, "w", l)),
+            Box::new(|b| file_case(b, FIRST_DOMID, "w")),
         ),
         (
             "file image, read-only",
-            Box::new(|b, l| file_case(b, FIRST_DOMID + 1, "r", l)),
+            Box::new(|b| file_case(b, FIRST_DOMID + 1, "r")),
         ),
         (
             "phy block device",
-            Box::new(|b, l| phy_case(b, FIRST_DOMID + 2, l)),
+            Box::new(|b| phy_case(b, FIRST_DOMID + 2)),
         ),
         (
             "missing image refused",
-            Box::new(|b, _| refused_case(b, FIRST_DOMID + 3)),
+            Box::new(|b| refused_case(b, FIRST_DOMID + 3)),
         ),
         (
             "second writer of one image refused",
-            Box::new(|b, l| busy_case(b, FIRST_DOMID + 4, l)),
+            Box::new(|b| busy_case(b, FIRST_DOMID + 4)),
         ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, case) in &cases {
         println!("{name}");
-        match case(&bed, &mut left) {
+        match case(&bed) {
             Ok(()) => {
                 passed += 1;
                 println!("  ok");
@@ -364,15 +285,18 @@ pub fn run(verbose: bool) -> ExitCode {
         }
     }
     // The phy stand-in is ours to detach; anything else still attached leaked.
-    left.0
-        .retain(|(n, tag)| tag != PHY_TAG || loopdev::detach(*n).is_err());
-    let leaked = left.ours();
+    let mut leaked = Vec::new();
+    for st in testbed::loops_under(&bed.bed.dir).unwrap_or_default() {
+        if st.tag != PHY_TAG || loopdev::detach(st.number).is_err() {
+            leaked.push(st.number);
+        }
+    }
     if !leaked.is_empty() {
         failed += 1;
         println!("loop devices left behind: {leaked:?}");
     }
     if bed.verbose {
-        println!("xenstore requests: {}", bed.sim.request_count());
+        println!("xenstore requests: {}", bed.bed.sim.request_count());
     }
     println!("selftest: {passed} passed, {failed} failed");
     if failed == 0 {

@@ -9,7 +9,7 @@
 # - Debian's real xenstored and xl (xen-utils-4.17 and the libraries they
 #   link), unpacked under target/xen, never installed, and the LD_PRELOAD
 #   shim (tests/xen-shim) that lets them run without a hypervisor; the
-#   test bed, tests/xl.rs and the benchmark run them (and skip loudly when
+#   test bed, tests/it/xl.rs and the benchmark run them (and skip loudly when
 #   they are missing).
 set -eu
 cd "$(dirname "$0")/.."
