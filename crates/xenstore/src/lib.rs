@@ -1,5 +1,6 @@
 //! Talking to xenstore: where it is (`locate`), the wire codec (`wire`) and
-//! the client connection (`client`).
+//! the client connection (`client`, over its transport `conn`, with the
+//! long-listing fallback `dirpart`).
 //!
 //! A crate of its own because both sides speak the protocol: the product
 //! (xen-block-hotplug, as `xen_block_hotplug::store`) talks to xenstored
@@ -7,6 +8,8 @@
 //! the same codec. Neither depends on the other.
 
 pub mod client;
+mod conn;
+mod dirpart;
 pub mod locate;
 pub mod wire;
 
