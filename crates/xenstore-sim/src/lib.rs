@@ -143,36 +143,6 @@ impl Simulator {
         }
     }
 
-    /// Writes a vbd backend directory as a toolstack does once blkback is
-    /// waiting for its device (state 2), and the frontend domain's `vm`.
-    /// Returns the backend relative to dom0's home, as XENBUS_PATH names it.
-    pub fn add_vbd(
-        &self,
-        domid: u32,
-        devid: u32,
-        ty: &str,
-        params: &str,
-        mode: &str,
-        vm: &str,
-    ) -> String {
-        let b = format!("backend/vbd/{domid}/{devid}");
-        let frontend = format!("/local/domain/{domid}/device/vbd/{devid}");
-        let dom = domid.to_string();
-        for (k, v) in [
-            ("frontend-id", dom.as_str()),
-            ("frontend", frontend.as_str()),
-            ("type", ty),
-            ("params", params),
-            ("mode", mode),
-            ("online", "1"),
-            ("state", "2"),
-        ] {
-            self.write(&format!("{HOME}/{b}/{k}"), v);
-        }
-        self.write(&format!("/local/domain/{domid}/vm"), vm);
-        b
-    }
-
     /// Requests answered so far over all connections.
     pub fn request_count(&self) -> u64 {
         lock(&self.shared.state).total
