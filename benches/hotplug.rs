@@ -60,7 +60,6 @@ use std::sync::Arc;
 use nix::libc;
 use store::{Kind, TestStore};
 use xen_block_hotplug::loopdev;
-use xen_block_hotplug::sim::Simulator;
 use xen_block_hotplug::testbed;
 use xl::XlBed;
 
@@ -1007,8 +1006,7 @@ fn bench_bed() -> (testbed::Bed<TestStore>, &'static str) {
                      every row runs on the in-process simulator"
                 );
             }
-            let sim = Simulator::start(&tmp.path().join("xenstored.sock"))
-                .expect("starting the private xenstore");
+            let sim = testbed::simulator_in(&tmp).expect("starting the private xenstore");
             (
                 TestStore::simulator(Arc::new(sim)),
                 "the in-process simulator",

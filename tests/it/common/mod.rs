@@ -100,7 +100,7 @@ impl Bed {
     }
 
     fn simulator_in(dir: &TempDir) -> Simulator {
-        Simulator::start(&dir.path().join("xenstored.sock")).expect("starting the simulator")
+        testbed::simulator_in(dir).expect("starting the simulator")
     }
 
     fn with_store(tmp: TempDir, sim: TestStore) -> Bed {
