@@ -1,6 +1,11 @@
 //! Our binary against Debian's stock `block` script, side by side on one
-//! simulated xenstore with real loop devices, under the real hotplug lock
+//! xenstore with real loop devices, under the real hotplug lock
 //! (`/var/run/xen-hotplug/block`, the stock script's fixed path).
+//!
+//! The store is Debian's real xenstored (tests/it/common/xenstored.rs,
+//! started privately) when tests/prepare.sh has provided it, as for the
+//! tests; otherwise, said loudly, the in-process simulator; `XBH_STORE=sim`
+//! forces the simulator. The header names the store used.
 //!
 //!     tests/prepare.sh && cargo bench --bench hotplug [-- --smoke] [--iters N] [--xl-only] [--scaling]
 //!
@@ -22,17 +27,21 @@
 //!   what a script adds is its figure minus the floor. Skipped, loudly,
 //!   when tests/prepare.sh has not provided xl.
 //!
-//! For ours alone: xenstore requests per add and remove (counted by the
-//! simulator), round trips and time holding the lock (from the binary's -v
+//! For ours alone: xenstore requests per add and remove (from the
+//! binary's -v lines; the stock script's only on the simulator, which
+//! counts every request on its socket: "n/a" on the real store), round trips and time holding the lock (from the binary's -v
 //! lines), peak RSS (VmHWM, from the same lines: wait4's maxrss would count
 //! the bench's own pages from before exec) and the binary's size. Every loop
 //! device is detached by the test bed's guard, even on a panic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-// The xl row alone needs the tests' real xenstored and xl starters
-// (test-only code, not in the product's testbed): those two files of the
+// The tests' real xenstored and xl starters and their store handle
+// (test-only code, not in the product's testbed): those three files of the
 // tests' bed, of which it uses a part. Everything else is the library's.
+#[path = "../tests/it/common/store.rs"]
+#[allow(dead_code)]
+mod store;
 #[path = "../tests/it/common/xenstored.rs"]
 #[allow(dead_code)]
 mod xenstored;
@@ -46,9 +55,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use nix::libc;
+use store::{Kind, TestStore};
 use xen_block_hotplug::loopdev;
-use xen_block_hotplug::sim::Simulator;
 use xen_block_hotplug::testbed;
 use xl::XlBed;
 
@@ -98,7 +109,7 @@ fn reap(mut child: std::process::Child, start: Instant) -> Done {
 }
 
 struct Bench {
-    bed: testbed::Bed<Simulator>,
+    bed: testbed::Bed<TestStore>,
     next_domid: u32,
     /// Per-run verbose mode for ours: its -v lines are parsed.
     verbose: bool,
@@ -111,6 +122,7 @@ struct Bench {
 /// What one of our verbose runs said about itself.
 #[derive(Default, Clone, Copy)]
 struct SelfReport {
+    requests: Option<u64>,
     lock_held_us: Option<u64>,
     round_trips: Option<u64>,
     peak_rss_kib: Option<u64>,
@@ -122,7 +134,8 @@ fn parse_self_report(stderr: &str) -> SelfReport {
         if let Some(rest) = l.split("holding it for ").nth(1) {
             r.lock_held_us = rest.trim_end_matches(" us").trim().parse().ok();
         }
-        if let Some(rest) = l.split(" requests in ").nth(1) {
+        if let Some((head, rest)) = l.split_once(" requests in ") {
+            r.requests = head.rsplit(' ').next().and_then(|n| n.parse().ok());
             r.round_trips = rest.trim_end_matches(" round trips").trim().parse().ok();
         }
         if let Some(rest) = l.split("peak RSS ").nth(1) {
@@ -141,7 +154,7 @@ impl Bench {
         let r1 = self.requests();
         if let Some(a) = a {
             self.expect_connected(peer, be);
-            row.series(peer).push(&a, r1 - r0);
+            row.series(peer).push(&a, delta(r0, r1));
             self.run(peer, be, "remove");
         }
     }
@@ -256,8 +269,13 @@ impl Bench {
         }
     }
 
-    fn requests(&self) -> u64 {
-        self.bed.sim.request_count()
+    /// Requests the store has answered so far: counted by the simulator
+    /// only (the real xenstored keeps no such count).
+    fn requests(&self) -> Option<u64> {
+        match &self.bed.sim {
+            TestStore::Sim(sim) => Some(sim.request_count()),
+            TestStore::Real { .. } => None,
+        }
     }
 }
 
@@ -265,18 +283,24 @@ impl Bench {
 #[derive(Default)]
 struct Series {
     times: Vec<Duration>,
+    /// Per run, as the simulator counted them (none on the real store).
     requests: Vec<u64>,
     reports: Vec<SelfReport>,
     maxrss_kib: i64,
 }
 
 impl Series {
-    fn push(&mut self, d: &Done, requests: u64) {
+    fn push(&mut self, d: &Done, requests: Option<u64>) {
         self.times.push(d.elapsed);
-        self.requests.push(requests);
+        self.requests.extend(requests);
         self.reports.push(parse_self_report(&d.stderr));
         self.maxrss_kib = self.maxrss_kib.max(d.maxrss_kib);
     }
+}
+
+/// Requests between two counts, when the store counts them.
+fn delta(before: Option<u64>, after: Option<u64>) -> Option<u64> {
+    Some(after? - before?)
 }
 
 fn median<T: Copy + Ord>(v: &[T]) -> Option<T> {
@@ -342,11 +366,11 @@ fn cycle(b: &mut Bench, iters: usize, img: &Path) -> (Row, Series) {
                 assert_eq!(b.settle(img, 0), 0, "{peer:?} remove left {img:?} attached");
                 let s = add.series(peer);
                 s.times.push(a.elapsed + r.elapsed);
-                s.requests.push(r1 - r0);
+                s.requests.extend(delta(r0, r1));
                 s.reports.push(parse_self_report(&a.stderr));
                 s.maxrss_kib = s.maxrss_kib.max(a.maxrss_kib).max(r.maxrss_kib);
                 if peer == Peer::Ours {
-                    remove.push(&r, r2 - r1);
+                    remove.push(&r, delta(r1, r2));
                 }
             }
             b.scrub(&[img]);
@@ -622,12 +646,19 @@ fn xl_row(ours: &Path, iters: usize) {
 
 fn describe_self(name: &str, s: &Series) {
     let held: Vec<u64> = s.reports.iter().filter_map(|r| r.lock_held_us).collect();
+    // The simulator's count where there is one, else the binary's own.
+    let own: Vec<u64> = s.reports.iter().filter_map(|r| r.requests).collect();
+    let requests = if s.requests.is_empty() {
+        &own
+    } else {
+        &s.requests
+    };
     let rts: Vec<u64> = s.reports.iter().filter_map(|r| r.round_trips).collect();
     let fmt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     println!(
         "{:<14} {:>9} {:>12} {:>15} {:>13}",
         name,
-        fmt(median(&s.requests)),
+        fmt(median(requests)),
         fmt(median(&rts)),
         fmt(median(&held)),
         fmt(held.iter().max().copied()),
@@ -961,6 +992,31 @@ fn opts() -> Opts {
     o
 }
 
+/// The bench's bed on the store `store::chosen` picks (the real xenstored
+/// when tests/prepare.sh provided it, unless XBH_STORE=sim), and its name
+/// for the header.
+fn bench_bed() -> (testbed::Bed<TestStore>, &'static str) {
+    let tmp = testbed::TempDir::new("xbh-bench").expect("making the bench's directory");
+    let (store, name) = match store::chosen() {
+        Kind::Real => (TestStore::start_real(), "Debian's real xenstored"),
+        Kind::Sim => {
+            if std::env::var("XBH_STORE").as_deref() != Ok("sim") {
+                eprintln!(
+                    "benchmark: NOT on the real xenstored (run tests/prepare.sh): \
+                     every row runs on the in-process simulator"
+                );
+            }
+            let sim = testbed::simulator_in(&tmp).expect("starting the private xenstore");
+            (
+                TestStore::simulator(Arc::new(sim)),
+                "the in-process simulator",
+            )
+        }
+    };
+    let bed = testbed::Bed::new(tmp, store).expect("starting the bench's bed");
+    (bed, name)
+}
+
 fn main() {
     let o = opts();
     if let Err(e) = testbed::loop_capable() {
@@ -973,8 +1029,9 @@ fn main() {
     }
     let base = o.iters.unwrap_or(if o.smoke { 1 } else { 20 });
     let few = o.iters.unwrap_or(if o.smoke { 1 } else { 5 });
+    let (bed, store_name) = bench_bed();
     let mut b = Bench {
-        bed: testbed::Bed::simulator("xbh-bench").expect("starting the bench's bed"),
+        bed,
         next_domid: 100,
         verbose: false,
         stock_failures: 0,
@@ -997,11 +1054,15 @@ fn main() {
 
     if o.scaling {
         // --scaling: the storms by size, diagnose and Qubes' cycle only.
+        println!(
+            "xen-block-hotplug benchmark, scaling rows, on {store_name}: ours {}",
+            b.ours.display()
+        );
         run_scaling(&mut b, o.smoke, base, few, &img);
         return;
     }
     println!(
-        "xen-block-hotplug benchmark: ours {}\n  stock {STOCK}\n  lock /var/run/xen-hotplug/block, \
+        "xen-block-hotplug benchmark on {store_name}: ours {}\n  stock {STOCK}\n  lock /var/run/xen-hotplug/block, \
          {base} cycles and shared50 runs, {few} storms and phy400 runs per peer",
         b.ours.display()
     );
@@ -1030,6 +1091,11 @@ fn main() {
     describe_self("file remove", &c_rm);
     describe_self("phy400 add", &p.ours);
     describe_self("shared50 add", &s.ours);
+    // The stock script says nothing of its requests: only a store that
+    // counts them (the simulator) gives its figure.
+    let stock_requests =
+        median(&c_add.stock.requests).map_or_else(|| "n/a".to_string(), |n| n.to_string());
+    println!("stock file add: {stock_requests} requests (counted by the store)");
     let rss = [&c_add.ours, &c_rm, &p.ours, &s.ours]
         .iter()
         .flat_map(|s| s.reports.iter().filter_map(|r| r.peak_rss_kib))

@@ -40,7 +40,7 @@ done
 
 # 1. The static binary: musl where the toolchain has (or can add) the target,
 #    as its start-up is cheapest (no dynamic loader, no glibc CPU probing:
-#    see README, Performance); else glibc with crt-static, only for the
+#    see docs/performance.md); else glibc with crt-static, only for the
 #    explicit --target (applied to host builds it would break the proc-macro
 #    crates, clap_derive).
 musl=x86_64-unknown-linux-musl

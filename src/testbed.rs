@@ -19,8 +19,9 @@
 //!   the bed's directory, and only those (loop devices are global; other
 //!   processes' devices are never touched), even when a case failed.
 //! - `Bed`: all of the above around one store handle (`Bed<Simulator>` for
-//!   selftest and the benchmark; the tests' `Bed<TestStore>` on either the
-//!   simulator or the real xenstored).
+//!   selftest; the tests' and the benchmark's `Bed<TestStore>` on either
+//!   the simulator or the real xenstored). `simulator_in` starts the
+//!   simulator of every bed on it, its socket in the bed's directory.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -241,12 +242,17 @@ pub struct Bed<S> {
     _tmp: TempDir,
 }
 
+/// A private in-process simulator, its socket (`xenstored.sock`) in `tmp`:
+/// the store of every bed on the simulator.
+pub fn simulator_in(tmp: &TempDir) -> Result<Simulator> {
+    Simulator::start(&tmp.path().join("xenstored.sock")).context("starting the private xenstore")
+}
+
 impl Bed<Simulator> {
     /// A bed on a private in-process simulator, its socket in the directory.
     pub fn simulator(prefix: &str) -> Result<Bed<Simulator>> {
         let tmp = TempDir::new(prefix)?;
-        let sim = Simulator::start(&tmp.path().join("xenstored.sock"))
-            .context("starting the private xenstore")?;
+        let sim = simulator_in(&tmp)?;
         Bed::new(tmp, sim)
     }
 }

@@ -18,11 +18,12 @@
 //! kernel keeps it; the backing file's path is read from sysfs), ID being
 //! unique in this boot (pid, process start time, a counter). Before binding,
 //! the tag goes to a pending record `loopN.ID.pending`, and once bound to the
-//! final record `loopN.SEQ` (named by the diskseq; `loopN.ID` on kernels
-//! before 5.15), which keeps the line `id ID`. A record describes a binding
-//! only when the binding's lo_file_name names its ID: a binding made by anyone
-//! else (an admin's `losetup` of the same image, on the same loop number,
-//! after ours was detached behind our back) has its path there and never
+//! final record `loopN.SEQ` (SEQ the diskseq in hex; `loopN.ID` on kernels
+//! before 5.15: `records::entry::record_name`), which keeps the line
+//! `id ID`. A record describes a binding only when the binding's
+//! lo_file_name names its ID: a binding made by anyone else (an admin's
+//! `losetup` of the same image, on the same loop number, after ours was
+//! detached behind our back) has its path there and never
 //! matches, also on kernels without diskseq. A record also names its boot
 //! (`boot UUID`): one from an earlier boot is never believed.
 //! A line `store PATH` names the xenstore the attach served when it was not

@@ -18,10 +18,10 @@ mod tree;
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -65,15 +65,13 @@ impl Simulator {
         })
     }
 
-    /// Serves on a socket in a fresh private directory under the temp dir.
+    /// Serves on a socket in a fresh private directory under the temp dir:
+    /// `xbh-sim-XXXXXX`, made by mkdtemp (random name, mode 0700, never an
+    /// existing path), as the test bed's `TempDir`. /tmp is anyone's: a
+    /// name known in advance (a pid, a counter) could be taken first.
     pub fn start_temp() -> io::Result<Simulator> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("xbh-sim-{}-{n}-{nanos}", std::process::id()));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let template = std::env::temp_dir().join("xbh-sim-XXXXXX");
+        let dir = nix::unistd::mkdtemp(&template).map_err(io::Error::from)?;
         match Simulator::start(&dir.join("socket")) {
             Ok(mut sim) => {
                 sim.temp_dir = Some(dir);
@@ -143,36 +141,6 @@ impl Simulator {
         }
     }
 
-    /// Writes a vbd backend directory as a toolstack does once blkback is
-    /// waiting for its device (state 2), and the frontend domain's `vm`.
-    /// Returns the backend relative to dom0's home, as XENBUS_PATH names it.
-    pub fn add_vbd(
-        &self,
-        domid: u32,
-        devid: u32,
-        ty: &str,
-        params: &str,
-        mode: &str,
-        vm: &str,
-    ) -> String {
-        let b = format!("backend/vbd/{domid}/{devid}");
-        let frontend = format!("/local/domain/{domid}/device/vbd/{devid}");
-        let dom = domid.to_string();
-        for (k, v) in [
-            ("frontend-id", dom.as_str()),
-            ("frontend", frontend.as_str()),
-            ("type", ty),
-            ("params", params),
-            ("mode", mode),
-            ("online", "1"),
-            ("state", "2"),
-        ] {
-            self.write(&format!("{HOME}/{b}/{k}"), v);
-        }
-        self.write(&format!("/local/domain/{domid}/vm"), vm);
-        b
-    }
-
     /// Requests answered so far over all connections.
     pub fn request_count(&self) -> u64 {
         lock(&self.shared.state).total
@@ -238,5 +206,23 @@ impl Drop for Simulator {
         if let Some(dir) = &self.temp_dir {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_temporary_simulator_lives_in_a_private_directory_gone_after_drop() {
+        use std::os::unix::fs::PermissionsExt;
+        let sim = Simulator::start_temp().unwrap();
+        let dir = sim.socket_path().parent().unwrap().to_path_buf();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.starts_with("xbh-sim-") && !name.ends_with("XXXXXX"));
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        drop(sim);
+        assert!(!dir.exists());
     }
 }

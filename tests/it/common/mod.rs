@@ -100,7 +100,7 @@ impl Bed {
     }
 
     fn simulator_in(dir: &TempDir) -> Simulator {
-        Simulator::start(&dir.path().join("xenstored.sock")).expect("starting the simulator")
+        testbed::simulator_in(dir).expect("starting the simulator")
     }
 
     fn with_store(tmp: TempDir, sim: TestStore) -> Bed {
@@ -133,12 +133,18 @@ impl Bed {
             .into()
     }
 
+    /// The binary's subcommand `sub` against this bed's store, lock and
+    /// script dir (no backend), under the old-kernel wrapper when
+    /// XBH_KERNEL says so.
+    fn subcommand(&self, sub: &str) -> Command {
+        let mut c = kernel::command(Path::new(BIN));
+        self.toolstack().apply(&mut c, None).arg(sub);
+        c
+    }
+
     /// `xen-block-hotplug cleanup` with extra arguments, against this bed's store.
     pub fn cleanup(&self, args: &[&str]) -> Run {
-        let mut c = kernel::command(Path::new(BIN));
-        self.toolstack()
-            .apply(&mut c, None)
-            .arg("cleanup")
+        self.subcommand("cleanup")
             .args(args)
             .output()
             .expect("running the binary")
@@ -148,10 +154,7 @@ impl Bed {
     /// `diagnose ARGS` against the bed's store, lock and hotplug log
     /// (`dir/xen-hotplug.log`).
     pub fn diagnose(&self, args: &[&str]) -> Run {
-        let mut c = kernel::command(Path::new(BIN));
-        self.toolstack()
-            .apply(&mut c, None)
-            .arg("diagnose")
+        self.subcommand("diagnose")
             .arg("--log-file")
             .arg(self.dir.join("xen-hotplug.log"))
             .args(args)
