@@ -69,6 +69,17 @@ pub fn process_start(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether the process a binding id (`PID-START-N`) names still runs.
+pub fn id_owner_alive(id: &str) -> bool {
+    let mut it = id.split('-').map(str::parse::<u64>);
+    match (it.next(), it.next()) {
+        (Some(Ok(pid)), Some(Ok(start))) => {
+            u32::try_from(pid).is_ok_and(|p| process_start(p) == Some(start))
+        }
+        _ => false,
+    }
+}
+
 /// What the record of a device's current binding says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
@@ -325,7 +336,12 @@ pub fn prune(binding_of: impl Fn(u32) -> io::Result<Option<Binding>>) -> io::Res
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let stale = if written_text(&text) == Written::EarlierBoot {
+        let id = name.split('.').nth(1);
+        let stale = if text.is_empty() && name.ends_with(".pending") {
+            // Created (O_EXCL) but never written: its add was killed before
+            // it could bind anything. Its id names the owner.
+            !id.is_some_and(id_owner_alive)
+        } else if written_text(&text) == Written::EarlierBoot {
             // Without a boot line (an earlier version's), on a directory a
             // reboot does not empty: never believed, but not known to be
             // stale either, so left for the version that wrote it.
@@ -433,6 +449,19 @@ mod tests {
         assert!(!describes(&pending, &b(None, ours)));
         assert_eq!(parse_record("", false), None);
         assert_eq!(parse_record("garbage\n", false), None);
+    }
+
+    #[test]
+    fn a_binding_id_names_its_owner_by_pid_and_start_time() {
+        let me = std::process::id();
+        let start = process_start(me).unwrap();
+        assert!(id_owner_alive(&format!("{me}-{start}-0")));
+        assert!(!id_owner_alive(&format!("{me}-{}-0", start + 1)));
+        // Above the largest pid_max: no such process.
+        assert!(!id_owner_alive("4194305-1-0"));
+        for bad in ["", "x", "12", "-1-2", "a-b-c"] {
+            assert!(!id_owner_alive(bad), "{bad:?}");
+        }
     }
 
     #[test]

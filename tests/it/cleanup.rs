@@ -131,3 +131,43 @@ fn cleanup_forgets_records_of_an_earlier_boot_without_touching_the_device() {
     assert_eq!(bed.loops_of(&img).len(), 1, "a device was touched");
     assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
 }
+
+#[test]
+fn cleanup_prunes_an_empty_pending_record_of_a_dead_add_and_keeps_a_live_ones() {
+    if !can_loop("cleanup_prunes_an_empty_pending_record_of_a_dead_add_and_keeps_a_live_ones") {
+        return;
+    }
+    let bed = Bed::new("cleanup-empty-pending");
+    let records = bed.dir.join("records");
+    std::fs::create_dir(&records).unwrap();
+    // As an add killed between creating its pending record (O_EXCL) and
+    // writing it leaves it: empty, its owner named only by its id.
+    let dead = records.join("loop7.4194305-1-0.pending");
+    std::fs::write(&dead, "").unwrap();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_owned();
+    let live = records.join(format!("loop8.{}-{start}-0.pending", std::process::id()));
+    std::fs::write(&live, "").unwrap();
+    let out = bed
+        .command("")
+        .env_remove("XENBUS_PATH")
+        .env("XEN_BLOCK_HOTPLUG_RECORDS", &records)
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !dead.exists(),
+        "an empty pending record of a dead add stays"
+    );
+    assert!(live.exists(), "a running add's pending record was pruned");
+}
