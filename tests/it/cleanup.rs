@@ -118,15 +118,9 @@ fn cleanup_forgets_records_of_an_earlier_boot_without_touching_the_device() {
         rewritten += 1;
     }
     assert_eq!(rewritten, 1);
-    let out = bed
-        .command("")
-        .env_remove("XENBUS_PATH")
-        .env("XEN_BLOCK_HOTPLUG_RECORDS", &records)
-        .arg("cleanup")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let out = bed.cleanup_with_records(&records);
+    let stdout = &out.stdout;
+    assert_eq!(out.code, 0, "{stdout}");
     assert!(stdout.contains("no orphaned loop devices"), "{stdout}");
     assert_eq!(bed.loops_of(&img).len(), 1, "a device was touched");
     assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0);
@@ -152,19 +146,8 @@ fn cleanup_prunes_an_empty_pending_record_of_a_dead_add_and_keeps_a_live_ones() 
         .to_owned();
     let live = records.join(format!("loop8.{}-{start}-0.pending", std::process::id()));
     std::fs::write(&live, "").unwrap();
-    let out = bed
-        .command("")
-        .env_remove("XENBUS_PATH")
-        .env("XEN_BLOCK_HOTPLUG_RECORDS", &records)
-        .arg("cleanup")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = bed.cleanup_with_records(&records);
+    assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         !dead.exists(),
         "an empty pending record of a dead add stays"

@@ -4,19 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{can_loop, Bed, SimBed};
+use crate::common::{can_loop, Bed};
 use xen_block_hotplug::sim::{Fault, Which};
-
-/// How many requests a whole add makes (the commit batch is the last 6).
-fn add_requests(bed: &SimBed) -> u64 {
-    let img = bed.image("probe.img", 4);
-    let b = bed.backend(1, 51712, "file", img.to_str().unwrap(), "w");
-    let before = bed.sim.requests_arrived();
-    assert_eq!(bed.run("add", &b).code, 0);
-    let total = bed.sim.requests_arrived() - before;
-    assert_eq!(bed.run("remove", &b).code, 0);
-    total
-}
 
 #[test]
 fn an_add_whose_physical_device_write_times_out_keeps_the_device_for_cleanup() {
@@ -24,7 +13,7 @@ fn an_add_whose_physical_device_write_times_out_keeps_the_device_for_cleanup() {
         return;
     }
     let bed = Bed::with_simulator("commit-timeout");
-    let total = add_requests(&bed);
+    let total = bed.requests_of_add();
     let img = bed.image("slow.img", 4);
     let b = bed.backend(2, 51712, "file", img.to_str().unwrap(), "w");
     // physical-device is the last request but one; xenstored applies it
@@ -61,7 +50,7 @@ fn an_add_whose_writes_never_land_leaves_its_device_to_cleanup() {
         return;
     }
     let bed = Bed::with_simulator("commit-lost");
-    let total = add_requests(&bed);
+    let total = bed.requests_of_add();
     let img = bed.image("lost.img", 4);
     let b = bed.backend(3, 51712, "file", img.to_str().unwrap(), "w");
     // The connection drops at the commit's first write: nothing lands.

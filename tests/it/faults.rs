@@ -6,19 +6,8 @@
 
 use std::time::Duration;
 
-use crate::common::{can_loop, Bed, SimBed};
+use crate::common::{can_loop, Bed};
 use xen_block_hotplug::sim::{Errno, Fault, Which};
-
-/// Requests a whole add of a file backend makes on this bed.
-fn requests_of_add(bed: &SimBed) -> u64 {
-    let img = bed.image("probe.img", 4);
-    let b = bed.backend(1, 51712, "file", img.to_str().unwrap(), "w");
-    let before = bed.sim.requests_arrived();
-    assert_eq!(bed.run("add", &b).code, 0);
-    let total = bed.sim.requests_arrived() - before;
-    assert_eq!(bed.run("remove", &b).code, 0);
-    total
-}
 
 const LIMIT: Duration = Duration::from_secs(15);
 
@@ -28,7 +17,7 @@ fn error_answers_fail_the_add_with_a_reason_and_leak_nothing() {
         return;
     }
     let bed = Bed::with_simulator("faults-error");
-    let total = requests_of_add(&bed);
+    let total = bed.requests_of_add();
     let mut case = 0;
     for errno in [Errno::Eagain, Errno::Enospc, Errno::Eacces, Errno::Einval] {
         for n in 1..=total {
@@ -60,7 +49,7 @@ fn hang_ups_and_silence_fail_the_add_quickly_and_leak_nothing() {
         return;
     }
     let bed = Bed::with_simulator("faults-silent");
-    let total = requests_of_add(&bed);
+    let total = bed.requests_of_add();
     let mut case = 0;
     for n in 1..=total {
         for fault in [

@@ -152,15 +152,9 @@ fn add_and_cleanup_refuse_a_records_directory_others_can_write() {
         );
         assert!(bed.loops_of(&img).is_empty(), "{how}: attached anyway");
 
-        let out = bed
-            .command("")
-            .env_remove("XENBUS_PATH")
-            .env("XEN_BLOCK_HOTPLUG_RECORDS", &records)
-            .arg("cleanup")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{how}: {stderr}");
+        let out = bed.cleanup_with_records(&records);
+        let stderr = &out.stderr;
+        assert_eq!(out.code, 1, "{how}: {stderr}");
         assert!(
             stderr.contains("records directory") && stderr.contains("refused"),
             "{how}: {stderr}"

@@ -68,6 +68,20 @@ impl std::ops::Deref for SimBed {
     }
 }
 
+impl SimBed {
+    /// How many requests a whole add of a file backend makes on this bed
+    /// (the image is added, then removed again).
+    pub fn requests_of_add(&self) -> u64 {
+        let img = self.image("probe.img", 4);
+        let b = self.backend(1, 51712, "file", img.to_str().unwrap(), "w");
+        let before = self.sim.requests_arrived();
+        assert_eq!(self.run("add", &b).code, 0);
+        let total = self.sim.requests_arrived() - before;
+        assert_eq!(self.run("remove", &b).code, 0);
+        total
+    }
+}
+
 impl Bed {
     /// A bed on the store `store::chosen` picks for the plain suites.
     pub fn new(name: &str) -> Bed {
@@ -146,6 +160,15 @@ impl Bed {
     pub fn cleanup(&self, args: &[&str]) -> Run {
         self.subcommand("cleanup")
             .args(args)
+            .output()
+            .expect("running the binary")
+            .into()
+    }
+
+    /// `cleanup` with its records in `records` (XEN_BLOCK_HOTPLUG_RECORDS).
+    pub fn cleanup_with_records(&self, records: &Path) -> Run {
+        self.subcommand("cleanup")
+            .env("XEN_BLOCK_HOTPLUG_RECORDS", records)
             .output()
             .expect("running the binary")
             .into()
