@@ -137,7 +137,7 @@ pub struct Options {
 /// the hotplug lock so that no add or remove is half way meanwhile: an add
 /// attaches and writes `physical-device` under it.
 pub fn run(opts: &Options, store: &Store) -> Result<Vec<Finding>> {
-    let _lock = opts.lock.acquire()?;
+    let _lock = opts.lock.acquire(crate::lock::Claim::Exclusive)?;
     // Refused before anything is judged: records decide what is ours.
     crate::records::dir()?;
     let mut findings = Vec::new();

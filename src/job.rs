@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::backend::Outputs;
 use crate::invocation::Invocation;
-use crate::lock::{self, Lock};
+use crate::lock::{self, Claim, Lock};
 use crate::outcome;
 use crate::store::Store;
 
@@ -22,10 +22,10 @@ pub struct LockSpec {
 }
 
 impl LockSpec {
-    /// Takes the lock, waiting at most `timeout`; the failure names the
-    /// lock file for the admin.
-    pub fn acquire(&self) -> Result<Lock> {
-        lock::acquire(&self.path, self.timeout).with_context(|| {
+    /// Takes the lock as `claim` says, waiting at most `timeout`; the
+    /// failure names the lock file for the admin.
+    pub fn acquire(&self, claim: Claim) -> Result<Lock> {
+        lock::acquire_as(&self.path, self.timeout, claim).with_context(|| {
             format!(
                 "waiting for the hotplug lock {} (another hotplug script holds it)",
                 self.path.display()
@@ -44,12 +44,23 @@ pub struct Job {
 }
 
 impl Job {
-    /// Takes the hotplug lock (none in a dry run).
+    /// Takes the hotplug lock alone (none in a dry run).
     pub fn lock(&self) -> Result<Option<Lock>> {
+        self.claim(Claim::Exclusive)
+    }
+
+    /// Takes the hotplug lock for a file add of the image (st_dev,
+    /// st_ino): shared with the adds of other images, alone for this one
+    /// (see `lock`).
+    pub fn lock_image(&self, dev: u64, ino: u64) -> Result<Option<Lock>> {
+        self.claim(Claim::image(dev, ino))
+    }
+
+    fn claim(&self, claim: Claim) -> Result<Option<Lock>> {
         if self.dry_run {
             return Ok(None);
         }
-        self.lock.acquire().map(Some)
+        self.lock.acquire(claim).map(Some)
     }
 
     /// Writes the outputs of a successful add (or says what it would write).

@@ -6,6 +6,21 @@
 //! stat of the path); otherwise the holder released it meanwhile: retry.
 //! release_lock: unlink the path, then close.
 //!
+//! A file add claims the lock shared instead (`Claim::Shared`): flock
+//! LOCK_SH, then a one-byte POSIX write lock at an offset its image decides
+//! (`Claim::image`). Adds of different images then run side by side, adds
+//! of one image (and the byte offsets two images happen to share) one after
+//! the other, and every exclusive claim, locking.sh's and our phy adds',
+//! removes' and cleanup's, still excludes them all. What makes this safe is
+//! what the lock protects for a file add: the check of that image's loop
+//! devices against the other backends' physical-device, and its own write
+//! of physical-device (kind::file). A sharer never unlinks the path while
+//! others hold it: at release it tries LOCK_EX|LOCK_NB, and only the last
+//! holder, which gets it, unlinks as locking.sh's release does. flock and
+//! POSIX locks are independent on Linux; both exist on every kernel we
+//! support (OFD locks would need 3.15, so plain POSIX ones: this process
+//! opens the lock file once, and closing it drops the byte lock).
+//!
 //! Created as root in a directory others may reach: the lock file is opened
 //! with O_NOFOLLOW (a planted symlink fails the open instead of creating or
 //! locking the file it names), mode 0600; its directory is made with mode
@@ -35,11 +50,45 @@ use std::time::{Duration, Instant};
 
 pub const DEFAULT_PATH: &str = "/var/run/xen-hotplug/block";
 
-/// Held lock; dropping it unlinks the path, then closes the descriptor.
+/// How a run holds the lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// locking.sh's claim: alone.
+    Exclusive,
+    /// With other shared claims, but alone at byte `at` of the lock file.
+    Shared { at: i64 },
+}
+
+impl Claim {
+    /// A shared claim for the image file (st_dev, st_ino): its byte is a
+    /// hash of the two, so hard links and other mounts of one inode meet
+    /// on one byte. Two images whose hashes collide only wait for each
+    /// other.
+    pub fn image(dev: u64, ino: u64) -> Claim {
+        // splitmix64's finaliser over both numbers.
+        let mut z = dev.rotate_left(32) ^ ino;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // Below 2^62: start and start + 1 are valid offsets.
+        Claim::Shared {
+            at: (z >> 2) as i64,
+        }
+    }
+}
+
+/// Byte offsets from here on reserve loop device numbers (`Reserve`); the
+/// images' bytes (`Claim::image`) are all below.
+const DEVICE_BYTES: i64 = 1 << 62;
+
+/// Held lock; dropping it releases it as locking.sh does (an exclusive
+/// holder, or the last of the sharers, unlinks the path), then closes the
+/// descriptor.
+#[derive(Debug)]
 pub struct Lock {
-    #[allow(dead_code)] // Held open for its flock.
     file: File,
     path: PathBuf,
+    claim: Claim,
     waited: Duration,
     acquired: Instant,
 }
@@ -56,12 +105,31 @@ impl Lock {
     pub fn held_for(&self) -> Duration {
         self.acquired.elapsed()
     }
+
+    /// Whether the path still names the file this lock holds.
+    fn names_our_file(&self) -> bool {
+        match (self.file.metadata(), fs::metadata(&self.path)) {
+            (Ok(f), Ok(p)) => (f.dev(), f.ino()) == (p.dev(), p.ino()),
+            _ => false,
+        }
+    }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        // release_lock's rm; `file` is closed after this, as the shell's exit does.
-        let _ = fs::remove_file(&self.path);
+        // release_lock's rm; `file` is closed after this, as the shell's
+        // exit does. A sharer unlinks only when it is the last holder: the
+        // others keep the file the path names (the conversion drops our
+        // shared lock first, which is all release asks of it).
+        let last = match self.claim {
+            Claim::Exclusive => true,
+            Claim::Shared { .. } => {
+                flock(&self.file, libc::LOCK_EX | libc::LOCK_NB).is_ok() && self.names_our_file()
+            }
+        };
+        if last {
+            let _ = fs::remove_file(&self.path);
+        }
         // The benchmark parses this line (under -v) for the time the lock was held.
         log::debug!(
             "released the hotplug lock after holding it for {} us",
@@ -118,8 +186,15 @@ fn make_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Takes the lock at `path` (its directory created), waiting at most `timeout`.
+/// Takes the lock at `path` exclusively (its directory created), waiting
+/// at most `timeout`.
 pub fn acquire(path: &Path, timeout: Duration) -> Result<Lock, LockError> {
+    acquire_as(path, timeout, Claim::Exclusive)
+}
+
+/// Takes the lock at `path` as `claim` says, waiting at most `timeout`
+/// for the whole of it.
+pub fn acquire_as(path: &Path, timeout: Duration, claim: Claim) -> Result<Lock, LockError> {
     let start = Instant::now();
     // A timeout past the clock's range would panic in Instant + Duration:
     // a year is "forever" for a hotplug script.
@@ -130,42 +205,58 @@ pub fn acquire(path: &Path, timeout: Duration) -> Result<Lock, LockError> {
     }
     let mut alarm = None;
     loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
-        // Uncontended: no timer needed.
-        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => {}
-            Err(Errno::EWOULDBLOCK) => loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Err(LockError::Timeout(timeout));
-                }
-                if alarm.is_none() {
-                    alarm = Some(Alarm::arm(deadline - now)?);
-                }
-                match flock(&file, libc::LOCK_EX) {
-                    Ok(()) => break,
-                    Err(Errno::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            },
-            Err(e) => return Err(e.into()),
-        }
+        // Without O_CREAT first: an open that may create takes the
+        // directory's lock exclusively, which a storm of adds sharing the
+        // lock file (there already) would queue on.
+        let open = |create: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(create)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        };
+        let file = match open(false) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => open(true)?,
+            r => r?,
+        };
+        let operation = match claim {
+            Claim::Exclusive => libc::LOCK_EX,
+            Claim::Shared { .. } => libc::LOCK_SH,
+        };
+        wait(
+            &mut alarm,
+            deadline,
+            timeout,
+            || flock(&file, operation | libc::LOCK_NB),
+            || flock(&file, operation),
+        )?;
         let locked = file.metadata()?;
         match fs::metadata(path) {
             Ok(named) if (named.dev(), named.ino()) == (locked.dev(), locked.ino()) => {
-                return Ok(Lock {
+                let mut lock = Lock {
                     file,
                     path: path.to_owned(),
-                    waited: start.elapsed(),
+                    claim,
+                    waited: Duration::ZERO,
                     acquired: Instant::now(),
-                })
+                };
+                // Dropped on a timeout: released as any other holder.
+                if let Claim::Shared { at } = claim {
+                    let range = byte_lock(at);
+                    wait(
+                        &mut alarm,
+                        deadline,
+                        timeout,
+                        || fcntl_lock(&lock.file, libc::F_SETLK, &range),
+                        || fcntl_lock(&lock.file, libc::F_SETLKW, &range),
+                    )?;
+                }
+                lock.waited = start.elapsed();
+                lock.acquired = Instant::now();
+                return Ok(lock);
             }
             // The holder unlinked (and maybe someone recreated) the path
             // between our open and flock: the file we locked is dead.
@@ -174,6 +265,74 @@ pub fn acquire(path: &Path, timeout: Duration) -> Result<Lock, LockError> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// A shared holder reserves a loop device number with a write lock on
+/// byte DEVICE_BYTES + number, without waiting: the other sharers are other
+/// adds of ours, each of which holds only the number it is binding.
+impl crate::loopdev::Reserve for Lock {
+    fn reserve(&self, number: u32) -> io::Result<bool> {
+        let range = byte_lock(DEVICE_BYTES + i64::from(number));
+        match fcntl_lock(&self.file, libc::F_SETLK, &range) {
+            Ok(()) => Ok(true),
+            Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn release(&self, number: u32) {
+        let mut range = byte_lock(DEVICE_BYTES + i64::from(number));
+        range.l_type = libc::F_UNLCK as libc::c_short;
+        let _ = fcntl_lock(&self.file, libc::F_SETLK, &range);
+    }
+}
+
+/// Runs `try_now` (a non-blocking attempt); while it would block, runs
+/// `block` (the blocking one) under the alarm until the deadline. Uncontended,
+/// no timer is made.
+fn wait(
+    alarm: &mut Option<Alarm>,
+    deadline: Instant,
+    timeout: Duration,
+    try_now: impl Fn() -> nix::Result<()>,
+    block: impl Fn() -> nix::Result<()>,
+) -> Result<(), LockError> {
+    match try_now() {
+        Ok(()) => return Ok(()),
+        // flock's EWOULDBLOCK; F_SETLK's EAGAIN or EACCES.
+        Err(Errno::EWOULDBLOCK | Errno::EACCES) => {}
+        Err(e) => return Err(e.into()),
+    }
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(LockError::Timeout(timeout));
+        }
+        if alarm.is_none() {
+            *alarm = Some(Alarm::arm(deadline - now)?);
+        }
+        match block() {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A write lock on the one byte at `at`.
+fn byte_lock(at: i64) -> libc::flock {
+    // SAFETY: flock is plain data; all-zero is a valid value of it.
+    let mut range: libc::flock = unsafe { std::mem::zeroed() };
+    range.l_type = libc::F_WRLCK as libc::c_short;
+    range.l_whence = libc::SEEK_SET as libc::c_short;
+    range.l_start = at;
+    range.l_len = 1;
+    range
+}
+
+fn fcntl_lock(file: &File, cmd: libc::c_int, range: &libc::flock) -> nix::Result<()> {
+    // SAFETY: F_SETLK(W) on a descriptor we own, with a valid flock.
+    Errno::result(unsafe { libc::fcntl(file.as_raw_fd(), cmd, range) }).map(drop)
 }
 
 /// After the deadline the timer repeats at this period: a signal that lands
@@ -492,5 +651,201 @@ mod tests {
         assert_eq!(out, "got\n");
         assert!(sh.0.wait().unwrap().success());
         assert!(!path.exists());
+    }
+
+    /// A process of ours holding the lock as `claim`: this test binary run
+    /// again for `lock_holder_child` alone, which claims the lock, reports
+    /// its reservations of `reserve` and "held", and holds the lock until
+    /// its stdin closes.
+    struct Holder {
+        child: Child,
+        out: BufReader<std::process::ChildStdout>,
+    }
+
+    impl Holder {
+        fn spawn(path: &Path, claim: Claim, reserve: &[u32]) -> Holder {
+            let spec = format!(
+                "{}|{}|{}",
+                path.display(),
+                match claim {
+                    Claim::Exclusive => "x".to_string(),
+                    Claim::Shared { at } => at.to_string(),
+                },
+                reserve
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "lock::tests::lock_holder_child", "--nocapture"])
+                .args(["--test-threads", "1"])
+                .env("XBH_LOCK_HOLDER", spec)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let out = BufReader::new(child.stdout.take().unwrap());
+            Holder { child, out }
+        }
+
+        /// The child's next report (each follows "holder ").
+        fn report(&mut self) -> String {
+            loop {
+                let mut line = String::new();
+                assert_ne!(self.out.read_line(&mut line).unwrap(), 0, "holder died");
+                // libtest's own "test ... " may begin the line.
+                if let Some(i) = line.find("holder ") {
+                    return line[i + "holder ".len()..].trim_end().to_owned();
+                }
+            }
+        }
+
+        /// Releases the lock and waits for the child to end.
+        fn release(mut self) {
+            drop(self.child.stdin.take());
+            assert!(self.child.wait().unwrap().success());
+        }
+    }
+
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The child's side of `Holder`; does nothing in a normal test run.
+    #[test]
+    fn lock_holder_child() {
+        let Ok(spec) = std::env::var("XBH_LOCK_HOLDER") else {
+            return;
+        };
+        let mut it = spec.split('|');
+        let path = PathBuf::from(it.next().unwrap());
+        let claim = match it.next().unwrap() {
+            "x" => Claim::Exclusive,
+            at => Claim::Shared {
+                at: at.parse().unwrap(),
+            },
+        };
+        use crate::loopdev::Reserve;
+        let lock = acquire_as(&path, Duration::from_secs(20), claim).unwrap();
+        let mut out = io::stdout();
+        for n in it.next().unwrap().split(',').filter(|n| !n.is_empty()) {
+            let got = lock.reserve(n.parse().unwrap()).unwrap();
+            writeln!(out, "holder reserve {n} {got}").unwrap();
+        }
+        writeln!(out, "holder held").unwrap();
+        out.flush().unwrap();
+        let mut rest = String::new();
+        let _ = io::stdin().read_line(&mut rest);
+        drop(lock);
+    }
+
+    /// Waits until some process waits for a lock on inode `ino` of kind
+    /// `kind` (FLOCK or POSIX).
+    fn wait_for(kind: &str, ino: u64) {
+        let needle = format!(":{ino} ");
+        for _ in 0..2000 {
+            let locks = fs::read_to_string("/proc/locks").unwrap();
+            if locks
+                .lines()
+                .any(|l| l.contains("->") && l.contains(kind) && l.contains(&needle))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("nobody waits for a {kind} lock on inode {ino}");
+    }
+
+    #[test]
+    fn sharers_hold_it_together_one_image_at_a_time() {
+        let dir = TempDir::new();
+        let path = dir.0.join("block");
+        let (x, y) = (Claim::image(8, 1), Claim::image(8, 2));
+        assert_ne!(x, y);
+        let first = acquire_as(&path, Duration::from_secs(1), x).unwrap();
+        // Another image: at once.
+        let mut other = Holder::spawn(&path, y, &[]);
+        assert_eq!(other.report(), "held");
+        // The same image: after the first.
+        let mut same = Holder::spawn(&path, x, &[]);
+        wait_for("POSIX", ino(&path));
+        // Alone: after every sharer.
+        let mut alone = Holder::spawn(&path, Claim::Exclusive, &[]);
+        wait_for("FLOCK", ino(&path));
+        drop(first);
+        assert_eq!(same.report(), "held");
+        other.release();
+        assert!(path.exists(), "unlinked while a sharer held it");
+        same.release();
+        assert_eq!(alone.report(), "held");
+        alone.release();
+        // The last holder released it as locking.sh does.
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_sharer_releases_as_locking_sh_when_it_is_the_last() {
+        let dir = TempDir::new();
+        let path = dir.0.join("block");
+        let a = acquire_as(&path, Duration::from_secs(1), Claim::image(1, 1)).unwrap();
+        let mut b = Holder::spawn(&path, Claim::image(1, 2), &[]);
+        assert_eq!(b.report(), "held");
+        let inode = ino(&path);
+        drop(a);
+        assert_eq!(ino(&path), inode, "the first sharer unlinked it");
+        b.release();
+        assert!(!path.exists(), "the last sharer left it");
+    }
+
+    #[test]
+    fn the_stock_script_waits_for_a_sharer() {
+        let Some(script) = stock_locking_sh() else {
+            return;
+        };
+        let dir = TempDir::new();
+        let path = dir.0.join("block");
+        let lock = acquire_as(&path, Duration::from_secs(1), Claim::image(3, 3)).unwrap();
+        let mut sh = shell(
+            &script,
+            &dir.0,
+            "claim_lock block; echo got; release_lock block",
+        );
+        wait_for_waiter(ino(&path));
+        assert!(
+            sh.0.try_wait().unwrap().is_none(),
+            "the script did not wait"
+        );
+        drop(lock);
+        let mut out = String::new();
+        BufReader::new(sh.0.stdout.take().unwrap())
+            .read_line(&mut out)
+            .unwrap();
+        assert_eq!(out, "got\n");
+        assert!(sh.0.wait().unwrap().success());
+    }
+
+    #[test]
+    fn a_device_number_is_reserved_by_one_sharer_at_a_time() {
+        use crate::loopdev::Reserve;
+        let dir = TempDir::new();
+        let path = dir.0.join("block");
+        let lock = acquire_as(&path, Duration::from_secs(1), Claim::image(4, 1)).unwrap();
+        assert!(lock.reserve(5).unwrap());
+        let mut other = Holder::spawn(&path, Claim::image(4, 2), &[5, 6]);
+        assert_eq!(other.report(), "reserve 5 false");
+        assert_eq!(other.report(), "reserve 6 true");
+        assert_eq!(other.report(), "held");
+        // Released: free for the next.
+        lock.release(5);
+        let mut third = Holder::spawn(&path, Claim::image(4, 3), &[5, 6]);
+        assert_eq!(third.report(), "reserve 5 true");
+        assert_eq!(third.report(), "reserve 6 false");
+        assert_eq!(third.report(), "held");
+        other.release();
+        third.release();
     }
 }

@@ -52,22 +52,24 @@ pub fn add(
         );
         return Ok(());
     }
-    // Attached before the lock: LOOP_CONFIGURE takes milliseconds (the
-    // kernel freezes the queue), and a storm of adds would queue behind
-    // it. That is safe because a loop device only counts as a guest's user
-    // through a backend's physical-device, which is checked and written
-    // under the lock: of two racing adds of one image, the second to take
-    // the lock sees the first's physical-device and refuses.
+    // The lock is shared with the adds of other images (`lock`): what it
+    // guards is this image's loop devices and their backends. A loop device
+    // only counts as a guest's user through a backend's physical-device,
+    // which is checked and written under it: of two racing adds of one
+    // image, the second sees the first's physical-device and refuses. The
+    // attach runs under it too, so that the storm's adds, each holding the
+    // number it binds (`loopdev::Reserve`), do not race for one device.
+    let lock = job.lock_image(stat.st_dev, stat.st_ino)?;
     let attached = loopdev::attach(
         file,
         &AttachOptions {
             read_only: !mode.writable(),
             tag: &tag(&inv.key),
             store: store.identity(),
+            reserve: lock.as_ref().map(|l| l as &dyn loopdev::Reserve),
         },
     )
     .with_context(|| format!("attaching {} to a loop device", path.display()))?;
-    let _lock = job.lock()?;
     // Read again under the lock, as the stock script reads `state`: two
     // adds of one backend may race (udev and a person), and the second to
     // get the lock finds the first's physical-device and stops; and the

@@ -59,6 +59,7 @@ impl loop_info64 {
 }
 
 nix::ioctl_none_bad!(loop_ctl_get_free, 0x4C82);
+nix::ioctl_write_int_bad!(loop_ctl_add, 0x4C80);
 nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, loop_config);
 nix::ioctl_write_int_bad!(loop_set_fd, 0x4C00);
 nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, loop_info64);

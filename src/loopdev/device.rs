@@ -20,6 +20,25 @@ use crate::records::{self, Binding, Record};
 /// Bound on GET_FREE + CONFIGURE rounds lost to other processes.
 const ATTACH_ATTEMPTS: usize = 64;
 
+/// Bound on the device numbers an attach steps over because other adds of
+/// ours are binding them (`Reserve`): more than any storm has adds at once.
+const STEPS: u32 = 65_536;
+
+/// Keeps concurrent adds of ours off one free device. LOOP_CTL_GET_FREE
+/// gives every caller the same lowest unbound device until one of them has
+/// bound it, so adds racing for it lose a round each time one wins: a storm
+/// of N adds made about N*N/2 attempts, each a record file made and
+/// removed. With a `Reserve`, an add tries a device only when it holds the
+/// device's reservation, and steps to the next number otherwise, so each
+/// of a storm's adds binds its own device at the first try. Others (an
+/// admin's losetup) still race as before: their wins are retried.
+pub trait Reserve: std::fmt::Debug {
+    /// Reserves device `number` for this process; false when another
+    /// process holds it. Held until `release`.
+    fn reserve(&self, number: u32) -> io::Result<bool>;
+    fn release(&self, number: u32);
+}
+
 /// What the kernel says of a bound loop device (LOOP_GET_STATUS64).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoopStatus {
@@ -76,6 +95,8 @@ pub struct AttachOptions<'a> {
     /// The xenstore whose backend the device serves (`Store::identity`);
     /// empty for the host's own.
     pub store: &'a str,
+    /// Reservations shared with the other adds of ours (the hotplug lock's).
+    pub reserve: Option<&'a dyn Reserve>,
 }
 
 /// A loop device this process attached; detached on drop unless kept.
@@ -171,20 +192,39 @@ pub(super) fn attach_via(
     let image_line = format!("image {} {}\n", image_meta.dev(), image_meta.ino());
     // Never LO_FLAGS_AUTOCLEAR: blkback opens the device after we close ours.
     info.lo_flags = if read_only { LO_FLAGS_READ_ONLY } else { 0 };
-    for _ in 0..ATTACH_ATTEMPTS {
-        // SAFETY: argument-less ioctl; returns the free device's number.
-        let number = unsafe { abi::loop_ctl_get_free(control.as_raw_fd()) }? as u32;
+    // The number to try next instead of GET_FREE's answer: the one after
+    // a device another add of ours has reserved or bound meanwhile.
+    let mut next: Option<u32> = None;
+    let mut steps = 0;
+    let mut attempts = 0;
+    while attempts < ATTACH_ATTEMPTS {
+        let number = match next.take() {
+            Some(n) => n,
+            // SAFETY: argument-less ioctl; returns the free device's number.
+            None => unsafe { abi::loop_ctl_get_free(control.as_raw_fd()) }? as u32,
+        };
+        let Some(_reserved) = Reserved::take(opts.reserve, number)? else {
+            steps += 1;
+            if steps > STEPS {
+                break;
+            }
+            next = Some(number + 1);
+            continue;
+        };
         // LOOP_SET_FD takes read-only-ness from the loop device's open mode.
         let writable = use_configure || !read_only;
-        let device = match OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(dev_path(number))
-        {
-            Ok(d) => d,
+        let device = match open_unbound(&control, number, writable)? {
+            Unbound::Device(d) => d,
+            Unbound::Bound => {
+                steps += 1;
+                next = (steps <= STEPS).then_some(number + 1);
+                continue;
+            }
             // Another process bound it and is detaching it: open gives ENXIO during teardown.
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => continue,
-            Err(e) => return Err(e),
+            Unbound::TornDown => {
+                attempts += 1;
+                continue;
+            }
         };
         let rdev = device.metadata()?.rdev();
         let fd = device.as_raw_fd();
@@ -220,7 +260,10 @@ pub(super) fn attach_via(
             let _ = fs::remove_file(&pending);
             match e {
                 // Another process may win the free device between GET_FREE and binding; retry.
-                Errno::EBUSY => continue,
+                Errno::EBUSY => {
+                    attempts += 1;
+                    continue;
+                }
                 e => return Err(e.into()),
             }
         }
@@ -250,6 +293,75 @@ pub(super) fn attach_via(
     Err(io::Error::other(format!(
         "every free loop device was taken by others, {ATTACH_ATTEMPTS} times"
     )))
+}
+
+/// A reservation of one device number (`Reserve`), released on drop.
+struct Reserved<'a> {
+    by: &'a dyn Reserve,
+    number: u32,
+}
+
+impl<'a> Reserved<'a> {
+    /// Some when `number` is ours to try: reserved now, or nobody to
+    /// reserve it from (`by` is None). None when another add holds it.
+    fn take(by: Option<&'a dyn Reserve>, number: u32) -> io::Result<Option<Option<Self>>> {
+        let Some(by) = by else {
+            return Ok(Some(None));
+        };
+        Ok(by.reserve(number)?.then(|| Some(Reserved { by, number })))
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.by.release(self.number);
+    }
+}
+
+/// What `open_unbound` found at a number.
+enum Unbound {
+    /// Open, and nothing bound to it.
+    Device(File),
+    /// Bound already: another add of ours got there first.
+    Bound,
+    /// Being torn down (ENXIO).
+    TornDown,
+}
+
+/// /dev/loopN opened for binding. A number stepped to rather than given by
+/// GET_FREE may not exist yet (LOOP_CTL_ADD makes it); any may be bound
+/// by now, which is checked before a record is written for it.
+fn open_unbound(control: &File, number: u32, writable: bool) -> io::Result<Unbound> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(dev_path(number))
+    };
+    let device = match open() {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(Unbound::TornDown),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // SAFETY: plain ioctl with an integer argument.
+            match unsafe { abi::loop_ctl_add(control.as_raw_fd(), number as libc::c_int) } {
+                Ok(_) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match open() {
+                Ok(d) => d,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(Unbound::TornDown),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let mut info = loop_info64::ZERO;
+    // SAFETY: the kernel fills `info`.
+    match unsafe { abi::loop_get_status64(device.as_raw_fd(), &mut info) } {
+        Ok(_) => Ok(Unbound::Bound),
+        Err(Errno::ENXIO) => Ok(Unbound::Device(device)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// /dev/loopN open, with the status of its binding; None when it does not

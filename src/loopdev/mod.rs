@@ -44,7 +44,7 @@ mod tests;
 
 pub use device::{
     attach, detach, device_number, diskseq, parse_number, prune_records, record, status,
-    AttachOptions, Attached, LoopDevice, LoopStatus,
+    AttachOptions, Attached, LoopDevice, LoopStatus, Reserve,
 };
 pub use scan::{all_bound, bound_devices, recorded_for, users_of, users_of_image};
 
