@@ -16,13 +16,17 @@
 //!   (5.8; the product then attaches with LOOP_SET_FD + LOOP_SET_STATUS64),
 //!   and ENOTTY for BLKGETDISKSEQ (5.15; the product then writes no
 //!   `diskseq` node and judges devices without one).
+//! - O_TMPFILE (3.11) fails EISDIR, as the old kernel's open of the
+//!   directory for writing did (the product's records are then written to
+//!   a temporary name and renamed, or created in place).
 //!
 //! `--die-at-ioctl NAME|0xHEX` also kills the process when it issues that
 //! ioctl, before the kernel runs it: a crash at an exact point of the old
 //! path (after LOOP_SET_FD, before LOOP_SET_STATUS64), as udev's or the
 //! toolstack's timeout would kill a hotplug script.
 //!
-//! It cannot hide newer sysfs or procfs files, newer flags to old calls, or
+//! It cannot hide newer sysfs or procfs files, newer flags to old calls
+//! (but O_TMPFILE), or
 //! changed behaviour of old calls; see README ("Oracle VM 3.x and other
 //! EL6-era dom0s") for what the old-kernel runs do and do not prove. It is a
 //! test tool, not a sandbox: x32 numbers and 32-bit entry are left alone.
@@ -133,6 +137,14 @@ const IOCTLS: &[(&str, u32, Version, i32)] = &[
     ("BLKGETDISKSEQ",       0x8008_1280, (5, 15), libc::ENOTTY),
 ];
 
+/// open(2) flags added after 3.2, with the release that added them and what
+/// an older kernel answered: O_TMPFILE (O_DIRECTORY plus a bit an old
+/// kernel ignores) opened the directory for writing, which fails EISDIR.
+#[rustfmt::skip]
+const OPEN_FLAGS: &[(&str, u64, Version, i32)] = &[
+    ("__O_TMPFILE", 0o20_000_000, (3, 11), libc::EISDIR),
+];
+
 /// "4.1", "5.15" or "4.1.12-124.48.6.el6uek" as (major, minor).
 fn parse_version(s: &str) -> Option<Version> {
     let mut parts = s.splitn(3, '.');
@@ -175,6 +187,23 @@ fn filters(v: Version) -> Result<Vec<BpfProgram>, seccompiler::Error> {
             .entry(libc::SYS_ioctl)
             .or_default()
             .push(SeccompRule::new(vec![cmd])?);
+    }
+    for f in OPEN_FLAGS.iter().filter(|f| f.2 > v) {
+        // open(path, flags), openat(dirfd, path, flags).
+        for (call, arg) in [(libc::SYS_open, 1), (libc::SYS_openat, 2)] {
+            let flag = SeccompCondition::new(
+                arg,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(f.1),
+                f.1,
+            )?;
+            by_errno
+                .entry(f.3)
+                .or_default()
+                .entry(call)
+                .or_default()
+                .push(SeccompRule::new(vec![flag])?);
+        }
     }
     by_errno
         .into_iter()
@@ -548,5 +577,17 @@ mod tests {
             errno_under((4, 1), || ioctl_on_dev_null(0x8008_1280)),
             libc::ENOTTY
         );
+    }
+
+    fn tmpfile_in_tmp() -> i64 {
+        let flags = libc::O_TMPFILE | libc::O_WRONLY;
+        // SAFETY: a NUL-terminated path; the descriptor is left to _exit.
+        unsafe { libc::open(c"/tmp".as_ptr(), flags, 0o600).into() }
+    }
+
+    #[test]
+    fn before_3_11_o_tmpfile_opens_the_directory_and_fails() {
+        assert_eq!(errno_under((3, 2), tmpfile_in_tmp), libc::EISDIR);
+        assert_eq!(errno_under((3, 11), tmpfile_in_tmp), 0);
     }
 }

@@ -31,6 +31,8 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -218,6 +220,17 @@ pub fn written_text(text: &str) -> Written {
 /// already there (left by a killed process whose pid was re-used) is
 /// removed first: the directory is root's alone.
 pub fn create_new(path: &Path, mode: u32, contents: &[u8]) -> io::Result<()> {
+    create_new_file(path, mode, contents).map(drop)
+}
+
+/// `create_new`, keeping the file open (written up to its end).
+pub fn create_new_file(path: &Path, mode: u32, contents: &[u8]) -> io::Result<File> {
+    // linkat never replaces, nor follows a link at `path`.
+    if let Some(dir) = path.parent() {
+        if let Some(f) = link_new(dir, path, mode, contents)? {
+            return Ok(f);
+        }
+    }
     let open = || {
         OpenOptions::new()
             .write(true)
@@ -233,7 +246,56 @@ pub fn create_new(path: &Path, mode: u32, contents: &[u8]) -> io::Result<()> {
         }
         r => r?,
     };
-    f.write_all(contents)
+    f.write_all(contents)?;
+    Ok(f)
+}
+
+/// Writes `contents` to an unnamed file of `mode` in `dir` (O_TMPFILE)
+/// and links it as `name`: one change to the directory where a temporary file and its
+/// rename are two, each under the directory's lock, on which a storm's
+/// adds queue. False, with nothing made, where it cannot be done so (no
+/// O_TMPFILE before Linux 3.11 or on the filesystem, `name` there already,
+/// linking by descriptor refused): the caller writes and renames instead.
+pub(crate) fn link_new(
+    dir: &Path,
+    name: &Path,
+    mode: u32,
+    contents: &[u8],
+) -> io::Result<Option<File>> {
+    let mut file = match fs::OpenOptions::new()
+        .write(true)
+        .mode(mode)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+    {
+        Ok(f) => f,
+        // Kernels without O_TMPFILE see O_DIRECTORY with write access.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EISDIR | libc::EOPNOTSUPP | libc::EINVAL)
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    file.write_all(contents)?;
+    let Ok(to) = std::ffi::CString::new(name.as_os_str().as_bytes()) else {
+        return Ok(None);
+    };
+    // SAFETY: a valid descriptor, an empty path with AT_EMPTY_PATH, and a
+    // NUL-terminated target path.
+    let linked = unsafe {
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    Ok((linked == 0).then_some(file))
 }
 
 /// Moves the records of `legacy` into `to` when they are distinct

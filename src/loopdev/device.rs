@@ -238,7 +238,7 @@ pub(super) fn attach_via(
         let pending = dir.join(format!("loop{number}.{id}.pending"));
         let common = records::common_lines(&id, opts.store, &owner);
         // `image`: names the binding should the attach die before naming it.
-        records::create_new(
+        let mut pending_file = records::create_new_file(
             &pending,
             0o644,
             format!("{tag}\n{common}{image_line}").as_bytes(),
@@ -283,11 +283,16 @@ pub(super) fn attach_via(
         // SAFETY: the kernel fills `bound`.
         unsafe { abi::loop_get_status64(fd, &mut bound) }?;
         let seq = get_diskseq(&attached.device)?;
-        let line = records::record_line(bound.lo_device, bound.lo_inode, seq, &tag);
-        records::write_record(number, seq, &id, &format!("{line}{common}"))?;
-        if let Some(p) = attached.pending.take() {
-            let _ = fs::remove_file(p);
+        if let Some(p) = &attached.pending {
+            records::finish_pending(
+                &mut pending_file,
+                p,
+                number,
+                (bound.lo_device, bound.lo_inode, seq),
+                &id,
+            )?;
         }
+        attached.pending = None;
         return Ok(attached);
     }
     Err(io::Error::other(format!(

@@ -17,9 +17,11 @@
 //! Every binding we make carries `xbh-pending:ID` as its lo_file_name (the
 //! kernel keeps it; the backing file's path is read from sysfs), ID being
 //! unique in this boot (pid, process start time, a counter). Before binding,
-//! the tag goes to a pending record `loopN.ID.pending`, and once bound to the
+//! the tag goes to a pending record `loopN.ID.pending`; once bound, a
+//! `binding DEV INO SEQ` line is appended to it and it is renamed to the
 //! final record `loopN.SEQ` (SEQ the diskseq in hex; `loopN.ID` on kernels
-//! before 5.15: `records::entry::record_name`), which keeps the line
+//! before 5.15: `records::entry::record_name`; earlier versions wrote the
+//! binding as the first line of a file of its own), which keeps the line
 //! `id ID`. A record describes a binding only when the binding's
 //! lo_file_name names its ID: a binding made by anyone else (an admin's
 //! `losetup` of the same image, on the same loop number, after ours was

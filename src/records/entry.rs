@@ -9,7 +9,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::{boot_line, create_new, dir, written_text, Written};
+use super::{boot_line, create_new, dir, link_new, written_text, Written};
 
 /// lo_file_name of every binding we make, before its id.
 pub const PENDING_PREFIX: &str = "xbh-pending:";
@@ -49,6 +49,34 @@ pub fn pending_of(b: &Binding, number: u32) -> Option<PathBuf> {
 /// "dev ino diskseq tag" of a binding of the file (dev, ino) (diskseq 0 when unknown).
 pub fn record_line(dev: u64, ino: u64, diskseq: Option<u64>, tag: &str) -> String {
     format!("{dev} {ino} {} {tag}\n", diskseq.unwrap_or(0))
+}
+
+/// The `binding` line that turns a pending record into the final one of
+/// the binding of the file (dev, ino) (diskseq 0 when unknown).
+pub fn binding_line(dev: u64, ino: u64, diskseq: Option<u64>) -> String {
+    format!("binding {dev} {ino} {}\n", diskseq.unwrap_or(0))
+}
+
+/// Makes the pending record `pending` (open as `file`, written to its end)
+/// the final record of the binding of /dev/loopN: the `binding` line is
+/// appended, then the file is renamed to the final name. One file per
+/// attach, where a final record of its own cost another file made and the
+/// pending one removed: on a filesystem that is slow to hand out inodes
+/// while files come and go (ext4 without a journal keeps skipping those
+/// deleted in the last seconds), a storm of adds waited on exactly that.
+/// A reader of the pending name meanwhile ignores the new line (pending
+/// records have no binding); the final name appears with every line in.
+pub fn finish_pending(
+    file: &mut fs::File,
+    pending: &Path,
+    number: u32,
+    binding: (u64, u64, Option<u64>),
+    id: &str,
+) -> io::Result<()> {
+    use std::io::Write;
+    let (dev, ino, seq) = binding;
+    file.write_all(binding_line(dev, ino, seq).as_bytes())?;
+    fs::rename(pending, record_path(number, seq, id)?)
 }
 
 /// The record's `store` line for `store` (none for the host's own store).
@@ -120,15 +148,28 @@ pub fn parse_record(text: &str, pending: bool) -> Option<RecordText> {
     let mut lines = text.lines();
     let first = lines.next()?;
     let mut r = RecordText::default();
-    if pending {
-        r.record.tag = first.to_owned();
-    } else {
-        let mut f = first.splitn(4, ' ');
+    // "dev ino diskseq [tag]" (diskseq 0 when unknown).
+    type Triple = (u64, u64, Option<u64>);
+    let triple = |s: &str| -> Option<(Triple, Option<String>)> {
+        let mut f = s.splitn(4, ' ');
         let dev = f.next()?.parse().ok()?;
         let ino = f.next()?.parse().ok()?;
         let seq: u64 = f.next()?.parse().ok()?;
-        r.binding = Some((dev, ino, (seq != 0).then_some(seq)));
-        r.record.tag = f.next().unwrap_or_default().to_owned();
+        Some((
+            (dev, ino, (seq != 0).then_some(seq)),
+            f.next().map(str::to_owned),
+        ))
+    };
+    // A final record is either a pending one with its `binding` line
+    // (`finish_pending`) or, as earlier versions wrote it, the binding
+    // first; a tag never starts with a digit.
+    let merged = !pending && !first.starts_with(|c: char| c.is_ascii_digit());
+    if pending || merged {
+        r.record.tag = first.to_owned();
+    } else {
+        let (binding, tag) = triple(first)?;
+        r.binding = Some(binding);
+        r.record.tag = tag.unwrap_or_default();
     }
     let pair = |s: &str| {
         let mut it = s.split(' ').map(str::parse::<u64>);
@@ -138,7 +179,12 @@ pub fn parse_record(text: &str, pending: bool) -> Option<RecordText> {
         }
     };
     for l in lines {
-        if let Some(st) = l.strip_prefix("store ") {
+        if let Some(b) = l.strip_prefix("binding ") {
+            // A pending record's is not yet its binding's record.
+            if merged {
+                r.binding = triple(b).map(|(b, _)| b);
+            }
+        } else if let Some(st) = l.strip_prefix("store ") {
             r.record.store = st.to_owned();
         } else if let Some(id) = l.strip_prefix("id ") {
             r.id = Some(id.to_owned());
@@ -151,6 +197,9 @@ pub fn parse_record(text: &str, pending: bool) -> Option<RecordText> {
                 r.record.owner = u32::try_from(pid).ok().map(|p| (p, start));
             }
         }
+    }
+    if merged && r.binding.is_none() {
+        return None;
     }
     Some(r)
 }
@@ -193,12 +242,17 @@ pub fn describes(r: &RecordText, b: &Binding) -> bool {
     }
 }
 
-/// Records `text` for the binding of /dev/loopN, replacing the file atomically.
+/// Records `text` for the binding of /dev/loopN: the file appears whole
+/// under its name, or not at all.
 pub fn write_record(number: u32, diskseq: Option<u64>, id: &str, text: &str) -> io::Result<()> {
     let dir = dir()?;
+    let name = dir.join(record_name(number, diskseq, id));
+    if link_new(dir, &name, 0o644, text.as_bytes())?.is_some() {
+        return Ok(());
+    }
     let tmp = dir.join(format!(".loop{number}.{}", std::process::id()));
     create_new(&tmp, 0o644, text.as_bytes())?;
-    fs::rename(&tmp, dir.join(record_name(number, diskseq, id)))
+    fs::rename(&tmp, name)
 }
 
 pub fn remove_record(number: u32, diskseq: Option<u64>, id: &str) -> io::Result<()> {
@@ -392,6 +446,30 @@ pub fn common_lines(id: &str, store: &str, owner: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pending_record_with_its_binding_line_is_the_final_record() {
+        let pending = "xbh:backend/vbd/5/51712\nid 77-9-0\nboot b\nowner 77 9\nimage 2049 12\n";
+        let finished = format!("{pending}{}", binding_line(2049, 12, Some(42)));
+        // Under its final name: the binding line is its binding.
+        let r = parse_record(&finished, false).unwrap();
+        assert_eq!(r.binding, Some((2049, 12, Some(42))));
+        assert_eq!(r.record.tag, "xbh:backend/vbd/5/51712");
+        assert_eq!(r.id.as_deref(), Some("77-9-0"));
+        assert_eq!(r.record.owner, Some((77, 9)));
+        // Still under its pending name (the rename not yet done), or the
+        // line half written: a pending record, which has no binding.
+        for text in [finished.as_str(), &format!("{pending}bindi")] {
+            let p = parse_record(text, true).unwrap();
+            assert_eq!((p.binding, p.image), (None, Some((2049, 12))));
+        }
+        // Under a final name without its binding line: no record.
+        assert_eq!(parse_record(pending, false), None);
+        assert_eq!(
+            parse_record(&format!("{pending}binding 2049 x 0\n"), false),
+            None
+        );
+    }
 
     #[test]
     fn a_record_describes_only_the_binding_whose_name_carries_its_id() {
