@@ -60,6 +60,10 @@ pub fn add(
     // attach runs under it too, so that the storm's adds, each holding the
     // number it binds (`loopdev::Reserve`), do not race for one device.
     let lock = job.lock_image(stat.st_dev, stat.st_ino)?;
+    // Asked before our own device holds the image open: when the kernel
+    // says nobody else has it open (writable, for a reader), no loop device
+    // has it and the scan of every loop device on the host is skipped.
+    let alone = mode == Mode::Unchecked || sharing::image_alone(file, !mode.writable());
     let attached = loopdev::attach(
         file,
         &AttachOptions {
@@ -89,15 +93,22 @@ pub fn add(
             inv.backend
         ),
     }
-    check_sharing(
-        store,
-        inv,
-        frontend,
-        path,
-        stat,
-        mode,
-        Some(attached.number()),
-    )?;
+    if alone {
+        log::debug!(
+            "nobody else has {} open: no loop device to check",
+            path.display()
+        );
+    } else {
+        check_sharing(
+            store,
+            inv,
+            frontend,
+            path,
+            stat,
+            mode,
+            Some(attached.number()),
+        )?;
+    }
     let (major, minor) = attached.major_minor();
     let dev_path = attached.path().to_string_lossy().into_owned();
     let out = Outputs {

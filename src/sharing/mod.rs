@@ -14,11 +14,13 @@
 //! backends), `vms` reads and trusts the same-VM facts, `holders` probes
 //! dom0's own use.
 
+mod alone;
 mod dom0;
 mod users;
 mod vms;
 
 pub use crate::holders::{mounts, parse_mountinfo, Mount};
+pub use alone::image_alone;
 pub use users::{guest_users, users_under};
 pub use vms::{judge_vm, read_vms, same_vm, untrusted_note, DomVm, Owned, VmFacts};
 
