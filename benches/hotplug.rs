@@ -812,6 +812,16 @@ fn all_at_once(b: &Bench, who: &Who, bes: &[String], action: &str) -> Option<Dur
     ok.then_some(elapsed)
 }
 
+/// User + system time of the children reaped so far.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 /// `diagnose` of the whole host by our binary: its wall time.
 fn diagnose_host(b: &Bench) -> Duration {
     let start = Instant::now();
@@ -845,13 +855,15 @@ fn scaling(b: &mut Bench, iters: usize, sizes: &[usize], diag_at: &[usize], whos
         })
         .collect();
     println!(
-        "\nstorms by size ({iters} rounds each; makespan median (min..max), per disk)\n{:>5} {:>6} {:>30} {:>10} {:>30}",
-        "disks", "peer", "adds", "per disk", "removes"
+        "\nstorms by size ({iters} rounds each; makespan median (min..max), per disk; \
+         CPU: the adds' own, user + system, a disk)\n{:>5} {:>6} {:>30} {:>10} {:>10} {:>30}",
+        "disks", "peer", "adds", "per disk", "CPU", "removes"
     );
     let mut diag: Vec<(usize, Vec<Duration>)> = Vec::new();
     for &n in sizes {
         let mut adds: Vec<Vec<Duration>> = vec![Vec::new(); whos.len()];
         let mut rms: Vec<Vec<Duration>> = vec![Vec::new(); whos.len()];
+        let mut cpus: Vec<Vec<Duration>> = vec![Vec::new(); whos.len()];
         let mut d_times = Vec::new();
         for i in 0..iters {
             for k in 0..whos.len() {
@@ -867,7 +879,11 @@ fn scaling(b: &mut Bench, iters: usize, sizes: &[usize], diag_at: &[usize], whos
                             .backend(*d, 51712, "file", &img.to_string_lossy(), "w")
                     })
                     .collect();
+                let cpu0 = children_cpu();
                 let add = all_at_once(b, who, &bes, "add");
+                if add.is_some() {
+                    cpus[w].push(children_cpu().saturating_sub(cpu0));
+                }
                 if add.is_some() && matches!(who, Who::Ours) && diag_at.contains(&n) {
                     d_times.push(diagnose_host(b));
                 }
@@ -887,13 +903,15 @@ fn scaling(b: &mut Bench, iters: usize, sizes: &[usize], diag_at: &[usize], whos
             }
         }
         for (w, who) in whos.iter().enumerate() {
-            let per =
-                median(&adds[w]).map_or("-".to_string(), |m| format!("{:.2} ms", ms(m) / n as f64));
+            let per_disk = |t: &[Duration]| {
+                median(t).map_or("-".to_string(), |m| format!("{:.2} ms", ms(m) / n as f64))
+            };
             println!(
-                "{n:>5} {:>6} {:>30} {:>10} {:>30}",
+                "{n:>5} {:>6} {:>30} {:>10} {:>10} {:>30}",
                 who.name(),
                 fmt_times(&adds[w]),
-                per,
+                per_disk(&adds[w]),
+                per_disk(&cpus[w]),
                 fmt_times(&rms[w])
             );
         }
