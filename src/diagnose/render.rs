@@ -256,7 +256,7 @@ fn lock_line(l: &LockFacts) -> String {
             let kept: Vec<String> = l
                 .open_by
                 .iter()
-                .filter(|o| o.pid != h.pid)
+                .filter(|o| !l.holders.iter().any(|h| h.pid == o.pid))
                 .map(|o| o.pid.to_string())
                 .collect();
             let kept = if kept.is_empty() {
@@ -264,11 +264,18 @@ fn lock_line(l: &LockFacts) -> String {
             } else {
                 format!("; open in pid {}", kept.join(", "))
             };
+            // File adds of different images hold it shared, side by side.
+            let others = l.holders.iter().filter(|o| !o.waiting).count() - 1;
+            let sharing = if others > 0 {
+                format!(" and {others} more sharing it")
+            } else {
+                String::new()
+            };
             wrap(
                 "hotplug lock: ",
                 4,
                 &format!(
-                    "{} is held by pid {}{cmd}{gone}{since}, {} waiting{kept}",
+                    "{} is held by pid {}{cmd}{gone}{sharing}{since}, {} waiting{kept}",
                     l.path,
                     h.pid,
                     l.waiters()
