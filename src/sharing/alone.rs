@@ -10,11 +10,11 @@
 //! the scan for the image's devices (`loopdev::users_of_image`) would find
 //! nothing, and is skipped. Refused (someone has it open: another loop
 //! device, a backup, a qemu), or not possible (leases disabled, a
-//! filesystem without them, kernels that count our own O_PATH descriptor
-//! as another open), the caller scans as before. The lease is dropped at
-//! once; an opener that arrives in between waits those microseconds (its
-//! SIGIO to us, the lease break, is ignored meanwhile: SIGIO's default
-//! action would kill us).
+//! filesystem without them; kernels before 5.3 count references, not
+//! opens, and may refuse more often), the caller scans as before. The lease is dropped at
+//! once; an opener that arrives in between waits those microseconds (one
+//! with O_NONBLOCK gets EWOULDBLOCK instead), and the lease break it sends
+//! us, SIGIO, is ignored meanwhile: its default action would kill us.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
