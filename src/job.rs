@@ -56,6 +56,13 @@ impl Job {
         self.claim(Claim::image(dev, ino))
     }
 
+    /// Takes the hotplug lock for a remove of /dev/loop`number`: shared
+    /// with other file adds and removes, alone for that device (see
+    /// `lock`).
+    pub fn lock_device(&self, number: u32) -> Result<Option<Lock>> {
+        self.claim(Claim::device(number))
+    }
+
     fn claim(&self, claim: Claim) -> Result<Option<Lock>> {
         if self.dry_run {
             return Ok(None);

@@ -75,6 +75,16 @@ impl Claim {
             at: (z >> 2) as i64,
         }
     }
+
+    /// A shared claim for loop device `number`: the byte an add reserves
+    /// to bind that number (`Reserve`), so a remove detaching it and an
+    /// add binding it never overlap; removes of other devices and adds of
+    /// other images run beside it.
+    pub fn device(number: u32) -> Claim {
+        Claim::Shared {
+            at: DEVICE_BYTES + i64::from(number),
+        }
+    }
 }
 
 /// Byte offsets from here on reserve loop device numbers (`Reserve`); the
@@ -847,5 +857,11 @@ mod tests {
         assert_eq!(third.report(), "held");
         other.release();
         third.release();
+        // A remove of /dev/loop9 holds its byte: no add binds 9 meanwhile.
+        let mut remove = Holder::spawn(&path, Claim::device(9), &[]);
+        assert_eq!(remove.report(), "held");
+        assert!(!lock.reserve(9).unwrap());
+        remove.release();
+        assert!(lock.reserve(9).unwrap());
     }
 }

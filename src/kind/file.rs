@@ -203,7 +203,9 @@ pub fn remove(job: &Job, store: &Store, inputs: &Inputs) -> Result<()> {
         .filter(|p| p.starts_with('/'))
         .and_then(|p| std::fs::metadata(p).ok())
         .map(|m| (m.dev(), m.ino()));
-    let _lock = job.lock()?;
+    // Shared: what a remove changes is its own device, which no add binds
+    // while the remove holds the device's byte (`Claim::device`).
+    let _lock = job.lock_device(n)?;
     // One descriptor for the judgement and the detach: the binding judged
     // is the binding detached (see loopdev::LoopDevice).
     let Some(dev) = loopdev::LoopDevice::open(n).with_context(|| format!("examining {node}"))?
