@@ -18,7 +18,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::conn::{connect_within, Conn, Inner, Outgoing};
+use crate::conn::{connect_within, Conn, Inner, Outgoing, Received};
 pub use crate::conn::{deadline_after, LONGEST_WAIT};
 use crate::locate;
 use crate::wire::{Message, Op, PAYLOAD_MAX};
@@ -188,7 +188,7 @@ impl Store {
                 conn,
                 next_req: 1,
                 timeout: DEFAULT_TIMEOUT,
-                rbuf: Vec::new(),
+                rbuf: Received::default(),
                 requests: 0,
                 round_trips: 0,
             }),

@@ -32,7 +32,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use crate::wire::{Message, Op, PAYLOAD_MAX};
+use crate::wire::{Message, Op, HEADER_LEN, PAYLOAD_MAX};
 
 /// The longest bound honoured: a year is "forever" for a hotplug script,
 /// and `Instant + Duration` panics past the clock's range (a person's
@@ -134,13 +134,70 @@ impl Write for Conn {
     }
 }
 
+/// Bytes read from the connection: `buf[pos..end]` are not yet taken as
+/// messages. Taking a message moves `pos` only; before a read, the unread
+/// bytes (then less than one message: a read comes only when no whole one
+/// is left) move to the front. With `Vec::drain` every reply moved all
+/// the bytes behind it: 12 % of the instructions of a phy add among 400
+/// backends.
+#[derive(Default)]
+pub(crate) struct Received {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+/// The receive buffer's size: four of the longest messages, so one read
+/// takes many short replies, and a message always fits after compaction.
+const RECV_BUF: usize = 4 * (HEADER_LEN + PAYLOAD_MAX);
+
+impl Received {
+    /// The bytes not yet taken.
+    fn unread(&self) -> &[u8] {
+        self.buf.get(self.pos..self.end).unwrap_or_default()
+    }
+
+    /// Takes `n` bytes from the front of the unread ones.
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Room to read into, behind the unread bytes (moved to the front
+    /// first): at least one whole message's worth.
+    fn room(&mut self) -> &mut [u8] {
+        const WHOLE: usize = HEADER_LEN + PAYLOAD_MAX;
+        if self.buf.len() < RECV_BUF {
+            self.buf.resize(RECV_BUF, 0);
+        }
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        if self.buf.len() - self.end < WHOLE {
+            // Only when more than three messages' bytes are unread: never,
+            // as the caller reads only when no whole message is.
+            self.buf.resize(self.end + WHOLE, 0);
+        }
+        self.buf.get_mut(self.end..).unwrap_or_default()
+    }
+
+    /// Marks `n` bytes of `room` as read.
+    fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+}
+
 /// The connection and its state; `Store` holds it in a RefCell.
 pub(crate) struct Inner {
     pub(crate) conn: Conn,
     pub(crate) next_req: u32,
     pub(crate) timeout: Duration,
-    /// Bytes received but not yet consumed as whole messages.
-    pub(crate) rbuf: Vec<u8>,
+    pub(crate) rbuf: Received,
     pub(crate) requests: u64,
     pub(crate) round_trips: u64,
 }
@@ -248,17 +305,14 @@ impl Inner {
             if !got.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
                 continue;
             }
-            let mut chunk = [0u8; 8192];
-            match self.conn.read(&mut chunk) {
+            match self.conn.read(self.rbuf.room()) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("xenstored at {origin} closed the connection"),
                     ))
                 }
-                Ok(n) => self
-                    .rbuf
-                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Ok(n) => self.rbuf.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
@@ -290,8 +344,9 @@ impl Inner {
     }
 
     fn take_message(&mut self) -> io::Result<Option<Message>> {
-        use crate::wire::{Header, HEADER_LEN};
-        let Some(h) = self.rbuf.first_chunk::<HEADER_LEN>() else {
+        use crate::wire::Header;
+        let unread = self.rbuf.unread();
+        let Some(h) = unread.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
         let h = Header::decode(h);
@@ -303,11 +358,11 @@ impl Inner {
             ));
         }
         // Not all of the payload has arrived yet.
-        let Some(payload) = self.rbuf.get(HEADER_LEN..HEADER_LEN + len) else {
+        let Some(payload) = unread.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
         };
         let payload = payload.to_vec();
-        self.rbuf.drain(..HEADER_LEN + len);
+        self.rbuf.consume(HEADER_LEN + len);
         Ok(Some(Message {
             ty: h.ty,
             req_id: h.req_id,
@@ -332,6 +387,51 @@ mod tests {
         ] {
             assert_eq!(poll_mask(flavour, pending), want, "{flavour:?} {pending}");
         }
+    }
+
+    #[test]
+    fn the_receive_buffer_keeps_every_byte_in_order_across_compactions() {
+        // Messages of every length up to the longest, read in pieces of
+        // awkward sizes: what comes out is what went in, and the room
+        // offered always takes a whole message.
+        let mut sent = Vec::new();
+        for len in (0..=PAYLOAD_MAX).step_by(97).chain([PAYLOAD_MAX]) {
+            let m = Message {
+                ty: 2,
+                req_id: len as u32,
+                tx_id: 0,
+                payload: vec![(len % 251) as u8; len],
+            };
+            m.encode_into(&mut sent);
+        }
+        let mut r = Received::default();
+        let mut fed = 0;
+        let mut out = Vec::new();
+        for step in [1usize, 15, 16, 17, 4111, 4112, 4113, 9000, 3]
+            .iter()
+            .cycle()
+        {
+            // Take every whole message, as take_message does.
+            while let Some(h) = r.unread().first_chunk::<HEADER_LEN>() {
+                let len = crate::wire::Header::decode(h).len as usize;
+                let Some(whole) = r.unread().get(..HEADER_LEN + len) else {
+                    break;
+                };
+                out.extend_from_slice(whole);
+                r.consume(HEADER_LEN + len);
+            }
+            if fed == sent.len() {
+                break;
+            }
+            let room = r.room();
+            assert!(room.len() >= HEADER_LEN + PAYLOAD_MAX);
+            let n = (*step).min(room.len()).min(sent.len() - fed);
+            room[..n].copy_from_slice(&sent[fed..fed + n]);
+            r.filled(n);
+            fed += n;
+        }
+        assert_eq!(out, sent);
+        assert!(r.unread().is_empty());
     }
 
     #[test]
