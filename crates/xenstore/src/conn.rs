@@ -192,6 +192,21 @@ impl Received {
     }
 }
 
+/// Replies still due in a batch from which the socket is read paced (see
+/// `recv`) rather than waited on with poll(): below it, the wait for the
+/// last replies is short and poll's wake-up is the quicker.
+const PACED_MIN: usize = 16;
+
+/// The pause between two reads of a paced batch. xenstored takes about
+/// 4-8 us a request, so a pause finds a few replies waiting; the default
+/// timer slack (50 us) makes shorter pauses no shorter.
+const PACE: Duration = Duration::from_micros(50);
+
+/// Pauses in a row that found nothing before a paced batch waits with
+/// poll() after all: xenstored is busy with others, and a wake-up then
+/// costs it nothing worth saving.
+const PACED_IDLE_MAX: u32 = 40;
+
 /// The connection and its state; `Store` holds it in a RefCell.
 pub(crate) struct Inner {
     pub(crate) conn: Conn,
@@ -253,15 +268,19 @@ impl Inner {
         let mut fds = [PollFd::new(self.conn.fd(), flags)];
         let n = poll(&mut fds, PollTimeout::from(ms)).map_err(io::Error::from)?;
         if n == 0 && Instant::now() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "xenstored did not answer within {:.0} s",
-                    self.timeout.as_secs_f64()
-                ),
-            ));
+            return Err(self.timed_out());
         }
         Ok(fds[0].revents().unwrap_or(PollFlags::empty()))
+    }
+
+    fn timed_out(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "xenstored did not answer within {:.0} s",
+                self.timeout.as_secs_f64()
+            ),
+        )
     }
 
     /// The next reply, skipping watch events (this client sets no watches,
@@ -271,6 +290,19 @@ impl Inner {
     /// connection whose replies are not read, so a long batch must read
     /// while it writes); on the device one whole message per write, up to
     /// DEVICE_WINDOW outstanding.
+    ///
+    /// While many replies of a batch are still due on the socket, it is
+    /// read paced: a read that finds nothing is followed by a short sleep
+    /// (PACE), not by poll(). A reader asleep in poll() is woken by each
+    /// write of xenstored's, and xenstored writes every reply in two (its
+    /// header, then its payload, from two turns of its main loop): that
+    /// wake-up, paid inside xenstored's write(), was a third of its time on
+    /// a long batch. Measured on Debian's xenstored 4.17 with the 801
+    /// requests of a scan of 400 backends: poll 7.8 ms (xenstored's CPU
+    /// 6.9 ms), paced 5.1 ms (4.7 ms). PACED_IDLE_MAX pauses without a
+    /// byte fall back to poll(), as does the end of a batch (PACED_MIN)
+    /// and the device (which has no such cost and takes its requests one
+    /// by one).
     pub(crate) fn recv(
         &mut self,
         out: &mut Outgoing,
@@ -279,6 +311,7 @@ impl Inner {
         origin: &str,
     ) -> io::Result<Message> {
         let flavour = self.conn.flavour();
+        let mut idle = 0;
         loop {
             if let Some(m) = self.take_message()? {
                 if m.op() == Some(Op::WatchEvent) {
@@ -291,7 +324,15 @@ impl Inner {
                     self.send_whole(out, origin)?;
                 }
             }
-            let got = self.wait(poll_mask(flavour, out.pending()), deadline)?;
+            let paced = flavour == Flavour::Socket
+                && !out.pending()
+                && out.ends.len().saturating_sub(answered) >= PACED_MIN
+                && idle < PACED_IDLE_MAX;
+            let got = if paced {
+                PollFlags::POLLIN
+            } else {
+                self.wait(poll_mask(flavour, out.pending()), deadline)?
+            };
             if got.contains(PollFlags::POLLOUT) {
                 let rest = out.buf.get(out.written..).unwrap_or_default();
                 match self.conn.write(rest) {
@@ -312,9 +353,20 @@ impl Inner {
                         format!("xenstored at {origin} closed the connection"),
                     ))
                 }
-                Ok(n) => self.rbuf.filled(n),
+                Ok(n) => {
+                    self.rbuf.filled(n);
+                    idle = 0;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if paced {
+                        if Instant::now() >= deadline {
+                            return Err(self.timed_out());
+                        }
+                        std::thread::sleep(PACE);
+                        idle += 1;
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
