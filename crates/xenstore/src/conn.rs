@@ -81,11 +81,15 @@ fn device_may_send(sent: usize, answered: usize, total: usize) -> bool {
 }
 
 impl Conn {
-    fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Conn::Socket(s) => s.as_fd(),
             Conn::Device(f) => f.as_fd(),
         }
+    }
+
+    pub(crate) fn is_socket(&self) -> bool {
+        self.flavour() == Flavour::Socket
     }
 
     fn flavour(&self) -> Flavour {
@@ -108,7 +112,7 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.written < self.buf.len()
     }
 }
@@ -195,17 +199,17 @@ impl Received {
 /// Replies still due in a batch from which the socket is read paced (see
 /// `recv`) rather than waited on with poll(): below it, the wait for the
 /// last replies is short and poll's wake-up is the quicker.
-const PACED_MIN: usize = 16;
+pub(crate) const PACED_MIN: usize = 16;
 
 /// The pause between two reads of a paced batch. xenstored takes about
 /// 4-8 us a request, so a pause finds a few replies waiting; the default
 /// timer slack (50 us) makes shorter pauses no shorter.
-const PACE: Duration = Duration::from_micros(50);
+pub(crate) const PACE: Duration = Duration::from_micros(50);
 
 /// Pauses in a row that found nothing before a paced batch waits with
 /// poll() after all: xenstored is busy with others, and a wake-up then
 /// costs it nothing worth saving.
-const PACED_IDLE_MAX: u32 = 40;
+pub(crate) const PACED_IDLE_MAX: u32 = 40;
 
 /// The connection and its state; `Store` holds it in a RefCell.
 pub(crate) struct Inner {
@@ -273,7 +277,7 @@ impl Inner {
         Ok(fds[0].revents().unwrap_or(PollFlags::empty()))
     }
 
-    fn timed_out(&self) -> io::Error {
+    pub(crate) fn timed_out(&self) -> io::Error {
         io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
@@ -369,6 +373,48 @@ impl Inner {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The next reply already received, if any, watch events skipped.
+    pub(crate) fn take(&mut self) -> io::Result<Option<Message>> {
+        while let Some(m) = self.take_message()? {
+            if m.op() != Some(Op::WatchEvent) {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One step on the socket that never waits: writes what it takes of
+    /// `out`, then reads what has arrived. Whether any byte moved.
+    pub(crate) fn step(&mut self, out: &mut Outgoing, origin: &str) -> io::Result<bool> {
+        let mut moved = false;
+        if out.pending() {
+            let rest = out.buf.get(out.written..).unwrap_or_default();
+            match self.conn.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    out.written += n;
+                    moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match self.conn.read(self.rbuf.room()) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("xenstored at {origin} closed the connection"),
+            )),
+            Ok(n) => {
+                self.rbuf.filled(n);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(moved),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(moved),
+            Err(e) => Err(e),
         }
     }
 
