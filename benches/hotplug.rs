@@ -7,7 +7,7 @@
 //! tests; otherwise, said loudly, the in-process simulator; `XBH_STORE=sim`
 //! forces the simulator. The header names the store used.
 //!
-//!     tests/prepare.sh && cargo bench --bench hotplug [-- --smoke] [--iters N] [--xl-only] [--scaling]
+//!     tests/prepare.sh && cargo bench --bench hotplug [-- --smoke] [--iters N] [--xl-only] [--scaling] [--phy-only]
 //!
 //! Scenarios (each run interleaves the two peers, alternating who goes first):
 //! - cycle: one file add, then its remove;
@@ -987,6 +987,8 @@ struct Opts {
     iters: Option<usize>,
     /// Only the scaling rows (storms by size, diagnose, Qubes' cycle).
     scaling: bool,
+    /// Only phy400, timed and then with -v (`--phy-only`).
+    phy_only: bool,
 }
 
 fn opts() -> Opts {
@@ -994,6 +996,7 @@ fn opts() -> Opts {
         smoke: false,
         xl_only: false,
         scaling: false,
+        phy_only: false,
         iters: None,
     };
     let mut args = std::env::args().skip(1);
@@ -1002,6 +1005,7 @@ fn opts() -> Opts {
             "--smoke" => o.smoke = true,
             "--xl-only" => o.xl_only = true,
             "--scaling" => o.scaling = true,
+            "--phy-only" => o.phy_only = true,
             "--iters" => o.iters = args.next().and_then(|n| n.parse().ok()),
             // cargo bench passes --bench; filters and the like do not apply.
             _ => {}
@@ -1069,6 +1073,18 @@ fn main() {
         .collect();
     let phy = b.bed.image("phy.img", 8).expect("creating an image");
     let shared = b.bed.image("shared.img", 8).expect("creating an image");
+    if o.phy_only {
+        println!(
+            "xen-block-hotplug benchmark, phy400 only, on {store_name}: ours {}",
+            b.ours.display()
+        );
+        let p = phy400(&mut b, few, &phy);
+        print_rows(&[p]);
+        b.verbose = true;
+        let p = phy400(&mut b, if o.smoke { 1 } else { 10 }, &phy);
+        describe_self("phy400 add", &p.ours);
+        return;
+    }
 
     if o.scaling {
         // --scaling: the storms by size, diagnose and Qubes' cycle only.

@@ -226,8 +226,61 @@ fn the_xenbus_device_gets_one_whole_message_per_write() {
     assert!(store.read_many(&["a/c", "bad//path"]).is_err());
     assert_eq!(store.read("a/c").expect("in step").as_deref(), Some("2"));
     assert_eq!(store.counters(), (7 + 600 + 2 + 1, 4));
+    // One ring under every opener: no more connections over the device.
+    assert!(store.siblings(3).is_empty());
     drop(store);
     assert_eq!(dev.finish(), Ok(610));
+}
+
+#[test]
+fn a_batch_spread_over_more_connections_answers_as_one_batch_does() {
+    let sim = TestStore::start();
+    // Five-digit domain ids: backend/vbd's list is over 4096 bytes, so its
+    // DIRECTORY is answered E2BIG and listed again in parts.
+    let doms: Vec<String> = (0..900)
+        .map(|d| format!("backend/vbd/{}", 10000 + d))
+        .collect();
+    for (i, d) in doms.iter().enumerate() {
+        sim.write(&format!("{d}/51712/physical-device"), &format!("fd:{i:x}"));
+    }
+    let pds: Vec<String> = doms
+        .iter()
+        .map(|d| format!("{d}/51712/physical-device"))
+        .collect();
+    let missing: Vec<String> = doms.iter().map(|d| format!("{d}/51712/mode")).collect();
+    let mut reqs: Vec<Request<'_>> = Vec::new();
+    for i in 0..doms.len() {
+        reqs.push(Request::Directory(&doms[i]));
+        reqs.push(Request::Read(&pds[i]));
+        reqs.push(Request::Read(&missing[i]));
+        if i == 500 {
+            reqs.push(Request::Directory("backend/vbd"));
+        }
+    }
+    let store = Store::open_socket(sim.socket_path()).expect("connecting");
+    let more = store.siblings(3);
+    assert_eq!(more.len(), 3);
+    let want = store.batch(&reqs).expect("one connection");
+    assert_eq!(want[1].clone().value().as_deref(), Some("fd:0"));
+    assert_eq!(want[1503].clone().list().len(), 900);
+    let one = store.counters();
+    let got = store.batch_spread(&more, &reqs).expect("four connections");
+    assert_eq!(got, want);
+    // Counted on the store that was asked, as the same requests.
+    let spread = store.counters();
+    assert_eq!((spread.0 - one.0, spread.1 - one.1), one);
+    for m in &more {
+        assert_eq!(m.counters(), (0, 0));
+    }
+    // An error answer fails the batch, and every connection stays in step.
+    let mut bad = reqs.clone();
+    bad.insert(2000, Request::Read("bad//path"));
+    assert!(store.batch_spread(&more, &bad).is_err());
+    assert_eq!(store.batch_spread(&more, &reqs).expect("in step"), want);
+    // A short batch goes over the one connection.
+    let before = store.counters();
+    store.batch_spread(&more, &reqs[..20]).expect("short");
+    assert_eq!(store.counters(), (before.0 + 20, before.1 + 1));
 }
 
 /// A listening socket at `path` that never accepts, its queue (backlog 0)

@@ -10,7 +10,8 @@
 //! against that crate's interface runs over it.
 //!
 //! The transport (the socket or device, the bounded connect and waits) is in
-//! `conn`; the DIRECTORY_PART fallback for long child lists in `dirpart`.
+//! `conn`; the DIRECTORY_PART fallback for long child lists in `dirpart`;
+//! a long batch spread over several connections in `spread`.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
@@ -18,7 +19,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::conn::{connect_within, Conn, Inner, Outgoing};
+use crate::conn::{connect_within, Conn, Inner, Outgoing, Received};
 pub use crate::conn::{deadline_after, LONGEST_WAIT};
 use crate::locate;
 use crate::wire::{Message, Op, PAYLOAD_MAX};
@@ -29,11 +30,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A xenstore connection. Methods take `&self` (as xenstore-rs's `Xs` does);
 /// the connection is not shared between threads.
 pub struct Store {
-    inner: RefCell<Inner>,
-    origin: String,
+    pub(crate) inner: RefCell<Inner>,
+    pub(crate) origin: String,
 }
 
 /// A request to send in a pipelined batch.
+#[derive(Clone, Copy, Debug)]
 pub enum Request<'a> {
     Read(&'a str),
     /// READ, the value kept as the bytes stored (`Reply::Raw`).
@@ -73,7 +75,7 @@ impl Reply {
 }
 
 /// The message a request goes out as (its request id set when sent).
-fn encode(r: &Request<'_>) -> Message {
+pub(crate) fn encode(r: &Request<'_>) -> Message {
     match r {
         Request::Read(p) | Request::ReadRaw(p) => Message::strings(Op::Read, 0, 0, &[p.as_bytes()]),
         Request::Directory(p) => Message::strings(Op::Directory, 0, 0, &[p.as_bytes()]),
@@ -81,6 +83,52 @@ fn encode(r: &Request<'_>) -> Message {
         Request::Rm(p) => Message::strings(Op::Rm, 0, 0, &[p.as_bytes()]),
         Request::Write(p, v) => Message::write(0, 0, p, v.as_bytes()),
     }
+}
+
+/// `msgs` encoded to go out on `inner`'s connection, their request ids
+/// assigned from its count.
+pub(crate) fn outgoing(inner: &mut Inner, msgs: &mut [Message]) -> io::Result<Outgoing> {
+    let first = inner.next_req;
+    let mut buf = Vec::new();
+    let mut ends = Vec::with_capacity(msgs.len());
+    for (i, m) in msgs.iter_mut().enumerate() {
+        m.req_id = first.wrapping_add(i as u32);
+        if m.payload.len() > PAYLOAD_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "xenstore request longer than 4096 bytes",
+            ));
+        }
+        m.encode_into(&mut buf);
+        ends.push(buf.len());
+    }
+    inner.next_req = first.wrapping_add(msgs.len() as u32);
+    Ok(Outgoing {
+        buf,
+        ends,
+        written: 0,
+        sent: 0,
+    })
+}
+
+/// That `m` answers `asked`: its request id, and its type or ERROR.
+pub(crate) fn check_answer(asked: &Message, m: &Message) -> io::Result<()> {
+    if m.req_id != asked.req_id {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "xenstored answered request {} when {} was due",
+                m.req_id, asked.req_id
+            ),
+        ));
+    }
+    if m.op() != Some(Op::Error) && m.ty != asked.ty {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("xenstored answered type {} to type {}", m.ty, asked.ty),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn error_kind(name: &str) -> io::ErrorKind {
@@ -188,7 +236,7 @@ impl Store {
                 conn,
                 next_req: 1,
                 timeout: DEFAULT_TIMEOUT,
-                rbuf: Vec::new(),
+                rbuf: Received::default(),
                 requests: 0,
                 round_trips: 0,
             }),
@@ -232,6 +280,16 @@ impl Store {
     pub fn batch(&self, reqs: &[Request<'_>]) -> io::Result<Vec<Reply>> {
         let msgs = reqs.iter().map(encode).collect::<Vec<_>>();
         let answers = self.exchange(msgs)?;
+        self.replies(reqs, answers)
+    }
+
+    /// The answers to `reqs`, in order, as `batch` returns them (an
+    /// E2BIG listing read again in parts over this connection).
+    pub(crate) fn replies(
+        &self,
+        reqs: &[Request<'_>],
+        answers: Vec<Message>,
+    ) -> io::Result<Vec<Reply>> {
         let mut replies = Vec::with_capacity(reqs.len());
         let mut failure = None;
         for (r, m) in reqs.iter().zip(answers) {
@@ -281,48 +339,14 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut inner = self.inner.borrow_mut();
-        let first = inner.next_req;
-        let mut out = Vec::new();
-        let mut ends = Vec::with_capacity(msgs.len());
-        for (i, m) in msgs.iter_mut().enumerate() {
-            m.req_id = first.wrapping_add(i as u32);
-            if m.payload.len() > PAYLOAD_MAX {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "xenstore request longer than 4096 bytes",
-                ));
-            }
-            m.encode_into(&mut out);
-            ends.push(out.len());
-        }
-        inner.next_req = first.wrapping_add(msgs.len() as u32);
+        let mut pending = outgoing(&mut inner, &mut msgs)?;
         inner.requests += msgs.len() as u64;
         inner.round_trips += 1;
         let deadline = deadline_after(inner.timeout);
-        let mut pending = Outgoing {
-            buf: out,
-            ends,
-            written: 0,
-            sent: 0,
-        };
         let mut answers = Vec::with_capacity(msgs.len());
         for (i, asked) in msgs.iter().enumerate() {
             let m = inner.recv(&mut pending, i, deadline, &self.origin)?;
-            if m.req_id != asked.req_id {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "xenstored answered request {} when {} was due",
-                        m.req_id, asked.req_id
-                    ),
-                ));
-            }
-            if m.op() != Some(Op::Error) && m.ty != asked.ty {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("xenstored answered type {} to type {}", m.ty, asked.ty),
-                ));
-            }
+            check_answer(asked, &m)?;
             answers.push(m);
         }
         Ok(answers)

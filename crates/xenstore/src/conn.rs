@@ -32,7 +32,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use crate::wire::{Message, Op, PAYLOAD_MAX};
+use crate::wire::{Message, Op, HEADER_LEN, PAYLOAD_MAX};
 
 /// The longest bound honoured: a year is "forever" for a hotplug script,
 /// and `Instant + Duration` panics past the clock's range (a person's
@@ -81,11 +81,15 @@ fn device_may_send(sent: usize, answered: usize, total: usize) -> bool {
 }
 
 impl Conn {
-    fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Conn::Socket(s) => s.as_fd(),
             Conn::Device(f) => f.as_fd(),
         }
+    }
+
+    pub(crate) fn is_socket(&self) -> bool {
+        self.flavour() == Flavour::Socket
     }
 
     fn flavour(&self) -> Flavour {
@@ -108,7 +112,7 @@ pub(crate) struct Outgoing {
 }
 
 impl Outgoing {
-    fn pending(&self) -> bool {
+    pub(crate) fn pending(&self) -> bool {
         self.written < self.buf.len()
     }
 }
@@ -134,13 +138,85 @@ impl Write for Conn {
     }
 }
 
+/// Bytes read from the connection: `buf[pos..end]` are not yet taken as
+/// messages. Taking a message moves `pos` only; before a read, the unread
+/// bytes (then less than one message: a read comes only when no whole one
+/// is left) move to the front. With `Vec::drain` every reply moved all
+/// the bytes behind it: 12 % of the instructions of a phy add among 400
+/// backends.
+#[derive(Default)]
+pub(crate) struct Received {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+}
+
+/// The receive buffer's size: four of the longest messages, so one read
+/// takes many short replies, and a message always fits after compaction.
+const RECV_BUF: usize = 4 * (HEADER_LEN + PAYLOAD_MAX);
+
+impl Received {
+    /// The bytes not yet taken.
+    fn unread(&self) -> &[u8] {
+        self.buf.get(self.pos..self.end).unwrap_or_default()
+    }
+
+    /// Takes `n` bytes from the front of the unread ones.
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Room to read into, behind the unread bytes (moved to the front
+    /// first): at least one whole message's worth.
+    fn room(&mut self) -> &mut [u8] {
+        const WHOLE: usize = HEADER_LEN + PAYLOAD_MAX;
+        if self.buf.len() < RECV_BUF {
+            self.buf.resize(RECV_BUF, 0);
+        }
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        if self.buf.len() - self.end < WHOLE {
+            // Only when more than three messages' bytes are unread: never,
+            // as the caller reads only when no whole message is.
+            self.buf.resize(self.end + WHOLE, 0);
+        }
+        self.buf.get_mut(self.end..).unwrap_or_default()
+    }
+
+    /// Marks `n` bytes of `room` as read.
+    fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+}
+
+/// Replies still due in a batch from which the socket is read paced (see
+/// `recv`) rather than waited on with poll(): below it, the wait for the
+/// last replies is short and poll's wake-up is the quicker.
+pub(crate) const PACED_MIN: usize = 16;
+
+/// The pause between two reads of a paced batch. xenstored takes about
+/// 4-8 us a request, so a pause finds a few replies waiting; the default
+/// timer slack (50 us) makes shorter pauses no shorter.
+pub(crate) const PACE: Duration = Duration::from_micros(50);
+
+/// Pauses in a row that found nothing before a paced batch waits with
+/// poll() after all: xenstored is busy with others, and a wake-up then
+/// costs it nothing worth saving.
+pub(crate) const PACED_IDLE_MAX: u32 = 40;
+
 /// The connection and its state; `Store` holds it in a RefCell.
 pub(crate) struct Inner {
     pub(crate) conn: Conn,
     pub(crate) next_req: u32,
     pub(crate) timeout: Duration,
-    /// Bytes received but not yet consumed as whole messages.
-    pub(crate) rbuf: Vec<u8>,
+    pub(crate) rbuf: Received,
     pub(crate) requests: u64,
     pub(crate) round_trips: u64,
 }
@@ -196,15 +272,19 @@ impl Inner {
         let mut fds = [PollFd::new(self.conn.fd(), flags)];
         let n = poll(&mut fds, PollTimeout::from(ms)).map_err(io::Error::from)?;
         if n == 0 && Instant::now() >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "xenstored did not answer within {:.0} s",
-                    self.timeout.as_secs_f64()
-                ),
-            ));
+            return Err(self.timed_out());
         }
         Ok(fds[0].revents().unwrap_or(PollFlags::empty()))
+    }
+
+    pub(crate) fn timed_out(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "xenstored did not answer within {:.0} s",
+                self.timeout.as_secs_f64()
+            ),
+        )
     }
 
     /// The next reply, skipping watch events (this client sets no watches,
@@ -214,6 +294,19 @@ impl Inner {
     /// connection whose replies are not read, so a long batch must read
     /// while it writes); on the device one whole message per write, up to
     /// DEVICE_WINDOW outstanding.
+    ///
+    /// While many replies of a batch are still due on the socket, it is
+    /// read paced: a read that finds nothing is followed by a short sleep
+    /// (PACE), not by poll(). A reader asleep in poll() is woken by each
+    /// write of xenstored's, and xenstored writes every reply in two (its
+    /// header, then its payload, from two turns of its main loop): that
+    /// wake-up, paid inside xenstored's write(), was a third of its time on
+    /// a long batch. Measured on Debian's xenstored 4.17 with the 801
+    /// requests of a scan of 400 backends: poll 7.8 ms (xenstored's CPU
+    /// 6.9 ms), paced 5.1 ms (4.7 ms). PACED_IDLE_MAX pauses without a
+    /// byte fall back to poll(), as does the end of a batch (PACED_MIN)
+    /// and the device (which has no such cost and takes its requests one
+    /// by one).
     pub(crate) fn recv(
         &mut self,
         out: &mut Outgoing,
@@ -222,6 +315,7 @@ impl Inner {
         origin: &str,
     ) -> io::Result<Message> {
         let flavour = self.conn.flavour();
+        let mut idle = 0;
         loop {
             if let Some(m) = self.take_message()? {
                 if m.op() == Some(Op::WatchEvent) {
@@ -234,7 +328,15 @@ impl Inner {
                     self.send_whole(out, origin)?;
                 }
             }
-            let got = self.wait(poll_mask(flavour, out.pending()), deadline)?;
+            let paced = flavour == Flavour::Socket
+                && !out.pending()
+                && out.ends.len().saturating_sub(answered) >= PACED_MIN
+                && idle < PACED_IDLE_MAX;
+            let got = if paced {
+                PollFlags::POLLIN
+            } else {
+                self.wait(poll_mask(flavour, out.pending()), deadline)?
+            };
             if got.contains(PollFlags::POLLOUT) {
                 let rest = out.buf.get(out.written..).unwrap_or_default();
                 match self.conn.write(rest) {
@@ -248,21 +350,71 @@ impl Inner {
             if !got.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
                 continue;
             }
-            let mut chunk = [0u8; 8192];
-            match self.conn.read(&mut chunk) {
+            match self.conn.read(self.rbuf.room()) {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("xenstored at {origin} closed the connection"),
                     ))
                 }
-                Ok(n) => self
-                    .rbuf
-                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Ok(n) => {
+                    self.rbuf.filled(n);
+                    idle = 0;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if paced {
+                        if Instant::now() >= deadline {
+                            return Err(self.timed_out());
+                        }
+                        std::thread::sleep(PACE);
+                        idle += 1;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next reply already received, if any, watch events skipped.
+    pub(crate) fn take(&mut self) -> io::Result<Option<Message>> {
+        while let Some(m) = self.take_message()? {
+            if m.op() != Some(Op::WatchEvent) {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// One step on the socket that never waits: writes what it takes of
+    /// `out`, then reads what has arrived. Whether any byte moved.
+    pub(crate) fn step(&mut self, out: &mut Outgoing, origin: &str) -> io::Result<bool> {
+        let mut moved = false;
+        if out.pending() {
+            let rest = out.buf.get(out.written..).unwrap_or_default();
+            match self.conn.write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    out.written += n;
+                    moved = true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
+        }
+        match self.conn.read(self.rbuf.room()) {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("xenstored at {origin} closed the connection"),
+            )),
+            Ok(n) => {
+                self.rbuf.filled(n);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(moved),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(moved),
+            Err(e) => Err(e),
         }
     }
 
@@ -290,8 +442,9 @@ impl Inner {
     }
 
     fn take_message(&mut self) -> io::Result<Option<Message>> {
-        use crate::wire::{Header, HEADER_LEN};
-        let Some(h) = self.rbuf.first_chunk::<HEADER_LEN>() else {
+        use crate::wire::Header;
+        let unread = self.rbuf.unread();
+        let Some(h) = unread.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
         let h = Header::decode(h);
@@ -303,11 +456,11 @@ impl Inner {
             ));
         }
         // Not all of the payload has arrived yet.
-        let Some(payload) = self.rbuf.get(HEADER_LEN..HEADER_LEN + len) else {
+        let Some(payload) = unread.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
         };
         let payload = payload.to_vec();
-        self.rbuf.drain(..HEADER_LEN + len);
+        self.rbuf.consume(HEADER_LEN + len);
         Ok(Some(Message {
             ty: h.ty,
             req_id: h.req_id,
@@ -332,6 +485,51 @@ mod tests {
         ] {
             assert_eq!(poll_mask(flavour, pending), want, "{flavour:?} {pending}");
         }
+    }
+
+    #[test]
+    fn the_receive_buffer_keeps_every_byte_in_order_across_compactions() {
+        // Messages of every length up to the longest, read in pieces of
+        // awkward sizes: what comes out is what went in, and the room
+        // offered always takes a whole message.
+        let mut sent = Vec::new();
+        for len in (0..=PAYLOAD_MAX).step_by(97).chain([PAYLOAD_MAX]) {
+            let m = Message {
+                ty: 2,
+                req_id: len as u32,
+                tx_id: 0,
+                payload: vec![(len % 251) as u8; len],
+            };
+            m.encode_into(&mut sent);
+        }
+        let mut r = Received::default();
+        let mut fed = 0;
+        let mut out = Vec::new();
+        for step in [1usize, 15, 16, 17, 4111, 4112, 4113, 9000, 3]
+            .iter()
+            .cycle()
+        {
+            // Take every whole message, as take_message does.
+            while let Some(h) = r.unread().first_chunk::<HEADER_LEN>() {
+                let len = crate::wire::Header::decode(h).len as usize;
+                let Some(whole) = r.unread().get(..HEADER_LEN + len) else {
+                    break;
+                };
+                out.extend_from_slice(whole);
+                r.consume(HEADER_LEN + len);
+            }
+            if fed == sent.len() {
+                break;
+            }
+            let room = r.room();
+            assert!(room.len() >= HEADER_LEN + PAYLOAD_MAX);
+            let n = (*step).min(room.len()).min(sent.len() - fed);
+            room[..n].copy_from_slice(&sent[fed..fed + n]);
+            r.filled(n);
+            fed += n;
+        }
+        assert_eq!(out, sent);
+        assert!(r.unread().is_empty());
     }
 
     #[test]
