@@ -27,10 +27,13 @@ use crate::client::{check_answer, encode, outgoing, Reply, Request, Store};
 use crate::conn::{deadline_after, Inner, Outgoing, PACE, PACED_IDLE_MAX, PACED_MIN};
 use crate::wire::Message;
 
-/// The longest a sibling's connect may take: xenstored accepts one
-/// connection a turn, so a longer wait means it is busy with others, and
-/// the batch then goes over the connections it has.
-const SIBLING_CONNECT: Duration = Duration::from_millis(100);
+/// The longest a sibling's connect may take. One takes about 30 us;
+/// xenstored accepts one connection a turn and its listen queue holds
+/// one, so a longer wait means it is busy with others (a boot storm's
+/// scripts connecting), and the batch then goes over the connections it
+/// has. Short, as the caller may hold the hotplug lock and a sibling saves
+/// it a few milliseconds at most.
+const SIBLING_CONNECT: Duration = Duration::from_millis(20);
 
 /// One connection's share of a spread batch.
 struct Lane<'a> {
