@@ -635,14 +635,15 @@ mod tests {
         assert!(sh.0.wait().unwrap().success());
     }
 
-    #[test]
-    fn stock_script_waits_for_us() {
+    /// locking.sh's claim waits while we hold the lock as `claim`, and
+    /// gets it at our release.
+    fn stock_script_waits_while_we_hold(claim: Claim) {
         let Some(script) = stock_locking_sh() else {
             return;
         };
         let dir = TempDir::new();
         let path = dir.0.join("block");
-        let lock = acquire(&path, Duration::from_secs(1)).unwrap();
+        let lock = acquire_as(&path, Duration::from_secs(1), claim).unwrap();
         let mut sh = shell(
             &script,
             &dir.0,
@@ -661,6 +662,11 @@ mod tests {
         assert_eq!(out, "got\n");
         assert!(sh.0.wait().unwrap().success());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn stock_script_waits_for_us() {
+        stock_script_waits_while_we_hold(Claim::Exclusive);
     }
 
     /// A process of ours holding the lock as `claim`: this test binary run
@@ -813,29 +819,7 @@ mod tests {
 
     #[test]
     fn the_stock_script_waits_for_a_sharer() {
-        let Some(script) = stock_locking_sh() else {
-            return;
-        };
-        let dir = TempDir::new();
-        let path = dir.0.join("block");
-        let lock = acquire_as(&path, Duration::from_secs(1), Claim::image(3, 3)).unwrap();
-        let mut sh = shell(
-            &script,
-            &dir.0,
-            "claim_lock block; echo got; release_lock block",
-        );
-        wait_for_waiter(ino(&path));
-        assert!(
-            sh.0.try_wait().unwrap().is_none(),
-            "the script did not wait"
-        );
-        drop(lock);
-        let mut out = String::new();
-        BufReader::new(sh.0.stdout.take().unwrap())
-            .read_line(&mut out)
-            .unwrap();
-        assert_eq!(out, "got\n");
-        assert!(sh.0.wait().unwrap().success());
+        stock_script_waits_while_we_hold(Claim::image(3, 3));
     }
 
     #[test]
