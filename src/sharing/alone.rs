@@ -51,24 +51,26 @@ pub fn image_alone(image: &File, writers_only: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testbed::TempDir;
     use std::fs::OpenOptions;
 
-    fn temp(name: &str) -> (std::path::PathBuf, File) {
-        let dir = nix::unistd::mkdtemp("/tmp/xbh-alone-XXXXXX").unwrap();
-        let path = dir.join(name);
+    /// A private directory (removed when the test ends, even failing)
+    /// holding the image `name`, opened read-write.
+    fn temp(name: &str) -> (TempDir, std::path::PathBuf, File) {
+        let dir = TempDir::new("xbh-alone").unwrap();
+        let path = dir.path().join(name);
         std::fs::write(&path, b"image").unwrap();
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .unwrap();
-        (dir, f)
+        (dir, path, f)
     }
 
     #[test]
     fn another_open_of_the_image_is_seen_and_a_reader_minds_only_writers() {
-        let (dir, rw) = temp("img");
-        let path = dir.join("img");
+        let (_dir, path, rw) = temp("img");
         assert!(image_alone(&rw, false), "only our descriptor is open");
         let other = File::open(&path).unwrap();
         assert!(!image_alone(&rw, false), "a second open (reader) is seen");
@@ -82,7 +84,6 @@ mod tests {
         let w = OpenOptions::new().write(true).open(&path).unwrap();
         assert!(!image_alone(&ro, true));
         drop((w, ro2));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// losetup's device, detached when the test ends, even failing.
@@ -112,8 +113,7 @@ mod tests {
             eprintln!("SKIPPED: no loop devices here");
             return;
         }
-        let (dir, rw) = temp("img");
-        let path = dir.join("img");
+        let (_dir, path, rw) = temp("img");
         std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
         // Bound by someone else, read-only: a writer is refused, a reader not.
         let ro_dev = losetup(&["-r"], &path).expect("losetup -r");
@@ -127,6 +127,5 @@ mod tests {
         assert!(!image_alone(&ro, true));
         drop(rw_dev);
         assert!(image_alone(&ro, true));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
