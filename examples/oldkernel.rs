@@ -145,17 +145,10 @@ const OPEN_FLAGS: &[(&str, u64, Version, i32)] = &[
     ("__O_TMPFILE", 0o20_000_000, (3, 11), libc::EISDIR),
 ];
 
-/// "4.1", "5.15" or "4.1.12-124.48.6.el6uek" as (major, minor).
-fn parse_version(s: &str) -> Option<Version> {
-    let mut parts = s.splitn(3, '.');
-    let major = parts.next()?.parse().ok()?;
-    let minor: String = parts
-        .next()?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    Some((major, minor.parse().ok()?))
-}
+// Shared with the test bed's switch (tests/it/common/kernel.rs).
+#[path = "../tests/it/common/version.rs"]
+mod version;
+use version::parse_release as parse_version;
 
 /// The system calls a kernel `v` lacks.
 fn missing_syscalls(v: Version) -> impl Iterator<Item = &'static (&'static str, i64, Version)> {

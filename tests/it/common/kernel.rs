@@ -21,17 +21,7 @@ pub fn pretended() -> Option<String> {
     std::env::var("XBH_KERNEL").ok().filter(|v| !v.is_empty())
 }
 
-/// "4.1" or "5.15.0-rc1" as (major, minor).
-fn parse(s: &str) -> Option<(u32, u32)> {
-    let mut parts = s.splitn(3, '.');
-    let major = parts.next()?.parse().ok()?;
-    let minor: String = parts
-        .next()?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    Some((major, minor.parse().ok()?))
-}
+use super::version::parse_release as parse;
 
 /// True when the switch hides BLKGETDISKSEQ (a kernel before 5.15): the
 /// binary then writes no `diskseq` node, whatever this kernel has.

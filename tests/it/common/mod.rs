@@ -10,6 +10,7 @@
 mod facts;
 pub mod kernel;
 pub mod store;
+pub mod version;
 pub mod xenstored;
 pub mod xl;
 
