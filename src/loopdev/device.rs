@@ -217,7 +217,10 @@ pub(super) fn attach_via(
             Unbound::Device(d) => d,
             Unbound::Bound => {
                 steps += 1;
-                next = (steps <= STEPS).then_some(number + 1);
+                if steps > STEPS {
+                    break;
+                }
+                next = Some(number + 1);
                 continue;
             }
             // Another process bound it and is detaching it: open gives ENXIO during teardown.
@@ -295,9 +298,11 @@ pub(super) fn attach_via(
         attached.pending = None;
         return Ok(attached);
     }
-    Err(io::Error::other(format!(
-        "every free loop device was taken by others, {ATTACH_ATTEMPTS} times"
-    )))
+    Err(io::Error::other(if steps > STEPS {
+        format!("stepped over {STEPS} loop devices bound or being bound by others")
+    } else {
+        format!("every free loop device was taken by others, {ATTACH_ATTEMPTS} times")
+    }))
 }
 
 /// A reservation of one device number (`Reserve`), released on drop.
